@@ -1,0 +1,79 @@
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "envsnap/cli/verbs.hpp"
+#include "envsnap/lock/capture.hpp"
+#include "envsnap/lock/diff.hpp"
+#include "envsnap/lock/lock.hpp"
+
+namespace envsnap::cli {
+
+namespace fs = std::filesystem;
+
+// A side of a diff: a root directory (captured now) or a lock file.
+static lock::LockDocument load_side(const std::string& arg, const std::vector<std::string>& data, bool quiet) {
+  std::error_code ec;
+  if (fs::is_directory(arg, ec)) {
+    lock::CaptureOptions opts;
+    opts.root = arg;
+    for (auto& d : data) opts.data.push_back((fs::path(arg) / fs::path(d).relative_path()).string());
+    auto doc = lock::capture_lock(opts);
+    if (!doc) throw util::Fatal(2, doc.message());
+    if (!quiet) print_warnings(doc->captured);
+    return std::move(*doc);
+  }
+  if (fs::exists(arg, ec)) {
+    auto doc = lock::read_file(arg);
+    if (!doc) throw util::Fatal(2, doc.message());
+    return std::move(*doc);
+  }
+  throw util::Fatal(2, fmt::format("{}: no such lock file or root directory", arg));
+}
+
+void add_diff(CLI::App& app, int* exit_code) {
+  auto a = std::make_shared<std::string>();
+  auto b = std::make_shared<std::string>();
+  auto json = std::make_shared<bool>(false);
+  auto quiet = std::make_shared<bool>(false);
+  auto data = std::make_shared<std::vector<std::string>>();
+  auto* cmd = app.add_subcommand("diff", "Show what differs between two locks or roots, ranked by risk");
+  cmd->add_option("a", *a, "Lock file or root directory")->required();
+  cmd->add_option("b", *b, "Lock file or root directory")->required();
+  cmd->add_option("--data", *data, "Data path inside each root to digest (roots only)");
+  cmd->add_flag("--json", *json, "Machine-readable output");
+  cmd->add_flag("-q,--quiet", *quiet, "Do not print capture warnings");
+  cmd->callback([=] {
+    auto da = load_side(*a, *data, *quiet);
+    auto db = load_side(*b, *data, *quiet);
+    auto changes = lock::diff_locks(da.lock, db.lock);
+    if (*json) {
+      write_output("-", lock::to_json(changes).dump(2) + "\n");
+    } else if (changes.empty()) {
+      write_output("-", fmt::format("no differences ({})\n", da.digest));
+    } else {
+      write_output("-", fmt::format("{} differences, most likely to change results first:\n{}", changes.size(),
+                                    lock::format_changes(changes)));
+    }
+    *exit_code = changes.empty() ? 0 : 1;
+  });
+}
+
+void add_help(CLI::App& app, int* exit_code) {
+  auto topic = std::make_shared<std::string>();
+  auto* cmd = app.add_subcommand("help", "Help topics: exit-codes");
+  cmd->add_option("topic", *topic, "Topic")->required();
+  cmd->callback([=] {
+    if (*topic != "exit-codes") throw util::Fatal(2, fmt::format("no help topic '{}'; topics: exit-codes", *topic));
+    write_output("-",
+                 "0    ok\n"
+                 "1    a finding: diff found differences, doctor found errors, check found corruption\n"
+                 "2    usage error or bad input (a missing root, an unreadable lock, a bad flag)\n"
+                 "125  run: envsnap itself failed\n"
+                 "126  run: the command cannot be executed\n"
+                 "127  run: the command was not found\n");
+    *exit_code = 0;
+  });
+}
+
+}  // namespace envsnap::cli
