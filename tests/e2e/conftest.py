@@ -30,6 +30,17 @@ _SCRUBBED_ENV = ("ENVSNAP_NVML_LIBRARY", "FAKE_NVML_HANG")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a real NVIDIA GPU and driver")
+    # pytest creates --basetemp without its parents; ctest passes build/e2e-tmp/<file>.
+    basetemp = config.getoption("basetemp", None)
+    if basetemp:
+        Path(basetemp).resolve().parent.mkdir(parents=True, exist_ok=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    # ctest shows only this output: say plainly when the GPU test could not run.
+    for report in terminalreporter.stats.get("skipped", []):
+        if "skipped: no GPU" in str(report.longrepr):
+            terminalreporter.write_line("skipped: no GPU")
 
 
 def base_env(extra=None):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import envsnap, merkle_digest, parse_lock_bytes, text
+from conftest import envsnap, merkle_digest, parse_lock_bytes, sha256_hex, text
 
 SITE = "/usr/lib/python3/dist-packages"
 NUMPY_PKG_INFO = SITE.lstrip("/") + "/numpy-1.24.2.egg-info/PKG-INFO"
@@ -177,3 +177,27 @@ def test_diff_human_output(roots):
     assert change_lines[1].endswith(f": {old} -> {new}")
     assert change_lines[2].startswith("  [6 data] data /srv/data")
     assert " -> " in change_lines[2]
+
+
+def test_data_and_weights_entries(tmp_path):
+    """--data DIR and --weights FILE inside ROOT: in-root paths, sorted by path, with the
+    Merkle digest of the directory and the plain SHA-256 of the file."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/os-release").write_text("ID=debian\nVERSION_ID=\"12\"\n")
+    write_data(root)
+    weights = root / "models/best.pt"
+    weights.parent.mkdir()
+    weights.write_bytes(b"\x80\x02weights" * 1000)
+    out = tmp_path / "lock.json"
+    envsnap("capture", root, "--lock-only", "--weights", weights, "--data", root / "srv/data",
+            "-o", out)
+    lock = parse_lock_bytes(out.read_bytes())
+    digest, files, size = merkle_digest(root / "srv/data")
+    assert files == 3 and size == sum(len(d) for d in DATA_FILES.values())
+    assert lock["lock"]["data"] == [
+        {"path": "/models/best.pt", "role": "weights", "files": 1,
+         "bytes": len(weights.read_bytes()), "digest": "sha256:" + sha256_hex(weights.read_bytes())},
+        {"path": "/srv/data", "role": "data", "files": files, "bytes": size,
+         "digest": "sha256:" + digest},
+    ]
