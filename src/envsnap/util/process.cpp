@@ -23,8 +23,10 @@ using Clock = std::chrono::steady_clock;
 static bool drain(std::vector<std::pair<int, std::string*>> fds, Clock::time_point deadline) {
   char buf[65536];
   while (!fds.empty()) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) return false;
+    auto now = Clock::now();
+    if (now >= deadline) return false;
+    // Round up, so the child gets its whole timeout.
+    auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - now).count();
     std::vector<pollfd> p;
     for (auto& [fd, s] : fds) p.push_back({fd, POLLIN, 0});
     int r = ::poll(p.data(), p.size(), static_cast<int>(left));
