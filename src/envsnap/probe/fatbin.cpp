@@ -174,7 +174,7 @@ util::Result<void> read_containers(std::string_view blob, std::string_view name,
       read_at(blob, q + 4, entry_header_size);
       read_at(blob, q + 8, payload_size);
       read_at(blob, q + 28, arch);
-      read_at(blob, q + 48, flags);
+      read_at(blob, q + 40, flags);
       if (entry_header_size < k_entry_header_min)
         return error(name, fmt::format("{}: entry header size {} is too small", at(q), entry_header_size));
       if (!in_bounds(q + entry_header_size, payload_size, end))
