@@ -148,7 +148,9 @@ std::vector<std::string> list_libraries(const Context& ctx, const std::string& l
     auto path = util::join(lib_dir, e.name);
     auto st = ctx.root.stat(path);
     if (!st) {
-      ctx.warnings.add(st.message());
+      // A dangling link is no library: Debian's python3-torch links to libcaffe2_*
+      // files that another package ships.
+      if (e.type != util::FileType::symlink) ctx.warnings.add(st.message());
       continue;
     }
     if (!S_ISREG(st->st_mode)) continue;
