@@ -1,5 +1,7 @@
 #include "envsnap/probe/torch.hpp"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cctype>
