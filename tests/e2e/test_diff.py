@@ -83,7 +83,10 @@ def roots(torch_root):
         bash_old, bash_new = bump_dpkg_version(b, "bash")
         (b / "srv/data/sub/c.txt").write_bytes(b"GAMMA\n")
 
-        yield a, b, {"bash": (bash_old, bash_new),
+        bash_arch = subprocess.run(["dpkg-query", f"--admindir={a}/var/lib/dpkg", "-W", "-f",
+                                    "${Architecture}", "bash"], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, check=True, timeout=60).stdout.decode()
+        yield a, b, {"bash": (bash_old, bash_new), "bash_arch": bash_arch,
                      "data": (merkle_digest(a / "srv/data"), merkle_digest(b / "srv/data"))}
     finally:
         for path in reversed(mounted):
@@ -112,10 +115,10 @@ def expected_changes(facts):
     return [
         {"rank": 2, "category": "numeric", "section": "python", "name": "numpy", "where": SITE,
          "change": "changed", "old": "1.24.2", "new": "1.24.3"},
-        {"rank": 4, "category": "system", "section": "dpkg", "name": "bash", "where": "",
+        {"rank": 4, "category": "system", "section": "dpkg", "name": "bash", "where": facts["bash_arch"],
          "change": "changed", "old": facts["bash"][0], "new": facts["bash"][1]},
         {"rank": 6, "category": "data", "section": "data", "name": "/srv/data",
-         "where": "/srv/data", "change": "changed",
+         "where": "", "change": "changed",
          "old": "sha256:" + old_hash, "new": "sha256:" + new_hash},
     ]
 

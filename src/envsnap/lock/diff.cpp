@@ -265,7 +265,7 @@ std::vector<Change> diff_locks(const Json& a, const Json& b) {
               [](const std::string& k) { return package_rank(key_name(k)); }, key_name, key_where);
   d.compare_simple(system_values(a), system_values(b), 4, "system");
   d.compare_simple(project_values(a), project_values(b), 5, "project");
-  d.compare(data_values(a), data_values(b), "data", at(6), key_name, key_where);
+  d.compare(data_values(a), data_values(b), "data", at(6), key_where, none);
 
   for (auto& c : d.out) {
     if (c.section != "python") continue;
