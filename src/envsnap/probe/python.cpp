@@ -449,8 +449,9 @@ private:
     if (d.name.empty()) d.name = dir_dist_name;
     if (d.version.empty()) d.version = dir_version;
     if (d.name.empty() || d.version.empty()) {
+      std::string missing = d.name.empty() && d.version.empty() ? "name and version" : d.name.empty() ? "name" : "version";
       m_ctx.warnings.add(fmt::format("{}: {}; no {} in the directory name either, distribution skipped",
-                                     printable(meta_path), problem, taken));
+                                     printable(meta_path), problem, missing));
       return std::nullopt;
     }
     m_ctx.warnings.add(fmt::format("{}: {}; {} taken from the directory name", printable(meta_path), problem, taken));
