@@ -28,7 +28,7 @@ using util::RootFs;
 // are large and never hold a pyvenv.cfg worth finding.
 const std::set<std::string, std::less<>> k_walk_skip = {
     "site-packages", "dist-packages", "node_modules", ".git", ".hg", ".svn", "__pycache__",
-    ".cache", ".pyenv", ".npm", ".cargo", ".rustup", "proc", "sys", "dev"};
+    ".cache", ".pyenv", ".npm", ".cargo", ".rustup"};
 const std::vector<std::string> k_conda_names = {"conda", "miniconda3", "anaconda3", "miniforge3", "mambaforge"};
 // A directory with more subdirectories than this is data, not a project: the venv
 // search does not look inside them.
