@@ -245,6 +245,24 @@ TEST(ProbeSystem, ProbeOfAnotherRoot) {
   EXPECT_EQ(j, want);
 }
 
+TEST(ProbeSystem, MultiarchRootPrefersTheNativeLoader) {
+  TempRoot root;
+  root.write("var/lib/dpkg/status",
+             "Package: dpkg\nStatus: install ok installed\nArchitecture: arm64\nVersion: 1.21.22\n\n");
+  std::string elf_head(64, '\0');
+  elf_head.replace(0, 4, "\x7f" "ELF");
+  elf_head[4] = 2;  // 64-bit
+  elf_head[5] = 1;  // little-endian
+  auto with_machine = [&](unsigned char m) { auto h = elf_head; h[18] = static_cast<char>(m); return h; };
+  root.write("lib64/ld-linux-x86-64.so.2", with_machine(62));
+  root.write("lib/ld-linux-aarch64.so.1", with_machine(183));
+  auto rootfs = util::RootFs::open(root.path());
+  ASSERT_TRUE(rootfs);
+  Warnings warnings;
+  Context ctx{*rootfs, Liveness::other_root, warnings};
+  EXPECT_EQ(probe_system(ctx).arch, "aarch64");
+}
+
 TEST(ProbeSystem, FallsBackToDpkgForArchAndGlibc) {
   TempRoot root;
   root.write("var/lib/dpkg/status",

@@ -47,8 +47,12 @@ bool valid_token(std::string_view s) {
   return true;
 }
 
+// Field names are ASCII and compare without regard to case, as dpkg does.
 bool field_is(std::string_view name, std::string_view want) {
-  return name.size() == want.size() && (name == want || util::iequals(name, want));
+  if (name.size() != want.size()) return false;
+  for (size_t i = 0; i < name.size(); ++i)
+    if ((name[i] | 0x20) != (want[i] | 0x20)) return false;
+  return true;
 }
 
 // One dpkg status stanza while it is being read.
@@ -396,9 +400,18 @@ SystemInfo probe_system(const Context& ctx) {
       info.dpkg = parse_dpkg_status(*status, ctx.root.host_path("/var/lib/dpkg/status"), ctx.warnings);
     if (auto db = read_optional(ctx, "/lib/apk/db/installed")) info.apk = parse_apk_installed(*db);
 
+    // A multiarch root can hold foreign loaders too; the dpkg package is always native.
+    std::string native;
+    for (const auto& p : info.dpkg)
+      if (p.name == "dpkg") native = machine_of_dpkg_arch(p.arch);
     for (auto rel : loader_paths) {
-      info.arch = elf_machine(ctx.root, rel);
-      if (!info.arch.empty()) break;
+      auto machine = elf_machine(ctx.root, rel);
+      if (machine.empty()) continue;
+      if (info.arch.empty()) info.arch = machine;
+      if (native.empty() || machine == native) {
+        info.arch = machine;
+        break;
+      }
     }
 
     for (auto rel : libc_paths) {
