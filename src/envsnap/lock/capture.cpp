@@ -114,7 +114,7 @@ util::Result<LockDocument> capture_lock(const CaptureOptions& options) {
   for (auto& t : torch.get()) torch_json.push_back(to_json(t));
   lock["torch"] = std::move(torch_json);
   if (auto p = project.get()) lock["project"] = to_json(*p);
-  lock["data"] = std::move(data);
+  if (!data.empty()) lock["data"] = std::move(data);
   lock["env"] = env;
 
   auto items = warnings.items();

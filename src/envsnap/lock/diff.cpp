@@ -191,7 +191,8 @@ Values system_values(const Json& lock) {
 
 Values env_values(const Json& lock) {
   Values v;
-  for (auto& [k, val] : lock.value("env", Json::object()).items()) v[k] = val.is_string() ? val.get<std::string>() : val.dump();
+  const Json env = lock.value("env", Json::object());
+  for (auto& [k, val] : env.items()) v[k] = val.is_string() ? val.get<std::string>() : val.dump();
   return v;
 }
 

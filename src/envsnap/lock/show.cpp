@@ -55,7 +55,7 @@ std::string summarize(const LockDocument& doc) {
   if (torch.empty()) row("PyTorch", "none found");
   for (auto& t : torch) {
     std::string build = s(t, "build");
-    std::string detail = build == "cpu" ? "CPU-only build" : fmt::format("{} build", build);
+    std::string detail = build == "cpu" ? "cpu build, no GPU code" : fmt::format("{} build", build);
     if (!s(t, "cuda").empty()) detail += ", CUDA " + s(t, "cuda");
     if (!s(t, "cudnn").empty()) detail += ", cuDNN " + s(t, "cudnn");
     row("PyTorch", fmt::format("{}  {} ({})", s(t, "version"), s(t, "path"), detail));

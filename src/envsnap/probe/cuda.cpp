@@ -408,7 +408,12 @@ void Prober::local_toolkits() {
   for (const auto& e : listing("/usr/local")) {
     if (e.name != "cuda" && e.name.rfind("cuda-", 0) != 0) continue;
     auto real = resolve(util::join("/usr/local", e.name));
-    if (!real || !root().is_dir(*real)) continue;
+    if (!real) {
+      if (auto st = root().stat(util::join("/usr/local", e.name)); !st)
+        warn(util::join("/usr/local", e.name), fmt::format("unusable ({}); not a CUDA toolkit", st.message()));
+      continue;
+    }
+    if (!root().is_dir(*real)) continue;
     if (std::find(dirs.begin(), dirs.end(), *real) == dirs.end()) dirs.push_back(*real);
   }
   for (const auto& dir : dirs) {

@@ -3,6 +3,7 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <regex>
 
@@ -46,6 +47,17 @@ std::string strip_url_credentials(std::string_view value) {
   return std::regex_replace(out, query_secret, "$1<redacted>");
 }
 
+std::string remove_url_credentials(std::string_view url) {
+  auto scheme_end = url.find("://");
+  if (scheme_end == std::string_view::npos) return std::string(url);
+  auto auth_begin = scheme_end + 3;
+  auto auth_end = url.find_first_of("/?#", auth_begin);
+  if (auth_end == std::string_view::npos) auth_end = url.size();
+  auto at = url.substr(auth_begin, auth_end - auth_begin).rfind('@');
+  if (at == std::string_view::npos) return std::string(url);
+  return std::string(url.substr(0, auth_begin)) + std::string(url.substr(auth_begin + at + 1));
+}
+
 void redact(std::map<std::string, std::string>& env) {
   for (auto& [k, v] : env) {
     if (is_secret_name(k))
@@ -81,8 +93,11 @@ util::Result<void> add_assignments(std::map<std::string, std::string>& env, cons
 }
 
 util::Result<std::vector<std::string>> read_env_file(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    return util::Error{fmt::format("--env-file {}: not a readable file; give a file of NAME=VALUE lines", path)};
   std::ifstream in(path, std::ios::binary);
-  if (!in) return util::Error{fmt::format("cannot read env file {}: {}", path, std::strerror(errno))};
+  if (!in) return util::Error{fmt::format("--env-file {}: {}", path, std::strerror(errno))};
   std::vector<std::string> out;
   std::string line;
   int n = 0;

@@ -28,6 +28,8 @@ std::map<std::string, std::string> training_environment(char** envp);
 // assignment is kept, not only training variables: the user asked for it.
 util::Result<void> add_assignments(std::map<std::string, std::string>& env, const std::vector<std::string>& kvs,
                                    std::string_view origin);
+// URL without its userinfo (user:password@), for remotes and direct URLs.
+std::string remove_url_credentials(std::string_view url);
 // Reads a docker-style env file (K=V lines, # comments, blank lines).
 util::Result<std::vector<std::string>> read_env_file(const std::string& path);
 // Redacts in place: secret names and URL credentials.

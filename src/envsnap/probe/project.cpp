@@ -47,7 +47,7 @@ ProjectInfo probe_project(const std::string& dir, const std::string& recorded_pa
     if (name.empty() && !remotes.empty()) name = std::string(remotes.front());
     if (!name.empty())
       if (auto u = git(dir, {"remote", "get-url", name}); u && u->exit_code == 0)
-        p.remote = strip_url_credentials(util::trim(u->out));
+        p.remote = remove_url_credentials(util::trim(u->out));
   }
   auto status = git(dir, {"status", "--porcelain=v1", "-z", "--untracked-files=all"});
   if (!status || status->exit_code != 0) {

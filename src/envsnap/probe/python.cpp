@@ -1,5 +1,7 @@
 #include "envsnap/probe/python.hpp"
 
+#include "envsnap/probe/environment.hpp"
+
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -114,19 +116,6 @@ std::string normalize_path(std::string_view p) {
 bool entry_is_dir(const RootFs& fs, std::string_view parent, const DirEntry& e) {
   if (e.type == FileType::directory) return true;
   return e.type == FileType::symlink && fs.is_dir(join(parent, e.name));
-}
-
-// Removes the userinfo (user:password@) of a URL's authority.
-std::string strip_credentials(std::string_view url) {
-  auto scheme_end = url.find("://");
-  if (scheme_end == std::string_view::npos) return std::string(url);
-  auto auth_begin = scheme_end + 3;
-  auto auth_end = url.find_first_of("/?#", auth_begin);
-  if (auth_end == std::string_view::npos) auth_end = url.size();
-  auto authority = url.substr(auth_begin, auth_end - auth_begin);
-  auto at = authority.rfind('@');
-  if (at == std::string_view::npos) return std::string(url);
-  return std::string(url.substr(0, auth_begin)) + std::string(url.substr(auth_begin + at + 1));
 }
 
 std::string header(const std::vector<std::pair<std::string, std::string>>& headers, std::string_view key) {
@@ -469,7 +458,7 @@ private:
       m_ctx.warnings.add(fmt::format("{}: not a JSON object", printable(path)));
       return;
     }
-    if (auto it = j.find("url"); it != j.end() && it->is_string()) dist.direct_url = strip_credentials(it->get<std::string>());
+    if (auto it = j.find("url"); it != j.end() && it->is_string()) dist.direct_url = remove_url_credentials(it->get<std::string>());
     if (auto vcs = j.find("vcs_info"); vcs != j.end() && vcs->is_object())
       if (auto commit = vcs->find("commit_id"); commit != vcs->end() && commit->is_string())
         dist.vcs_commit = commit->get<std::string>();
@@ -496,6 +485,7 @@ std::vector<Distribution> read_distributions(const Context& ctx, const std::stri
     FileType type = e.type;
     if (type == FileType::symlink) {
       auto st = ctx.root.stat(path);
+      if (!st) ctx.warnings.add(fmt::format("{}: unusable symlink ({}); distribution skipped", printable(path), st.message()));
       type = !st ? FileType::other : S_ISDIR(st->st_mode) ? FileType::directory : S_ISREG(st->st_mode) ? FileType::regular : FileType::other;
     }
     std::optional<Distribution> dist;

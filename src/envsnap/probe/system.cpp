@@ -335,8 +335,10 @@ std::optional<std::string> read_optional(const Context& ctx, std::string_view re
   if (!st) return std::nullopt;
   auto text = ctx.root.read_file(rel);
   if (!text) {
-    if (S_ISLNK(st->st_mode) && !ctx.root.exists(rel)) return std::nullopt;
-    ctx.warnings.add(text.message());
+    if (S_ISLNK(st->st_mode) && !ctx.root.exists(rel))
+      ctx.warnings.add(fmt::format("{}: broken symlink; the file it should provide is missing", ctx.root.host_path(rel)));
+    else
+      ctx.warnings.add(text.message());
     return std::nullopt;
   }
   return std::move(text).value();
