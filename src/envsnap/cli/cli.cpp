@@ -45,6 +45,10 @@ void write_output(const std::string& path, const std::string& bytes) {
   }
 }
 
+void add_store_option(CLI::App& cmd, std::string& store_flag) {
+  cmd.add_option("--store", store_flag, "Store directory (default: $ENVSNAP_STORE, else $XDG_DATA_HOME/envsnap)");
+}
+
 void print_warnings(const nlohmann::json& captured) {
   if (!captured.is_object() || !captured.contains("warnings")) return;
   for (auto& w : captured["warnings"]) fmt::print(stderr, "envsnap: warning: {}\n", w.get<std::string>());
@@ -59,6 +63,9 @@ int run(int argc, char** argv) {
   add_show(app, &exit_code);
   add_diff(app, &exit_code);
   add_help(app, &exit_code);
+  add_store_verbs(app, &exit_code);
+  add_restore(app, &exit_code);
+  add_export_import(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

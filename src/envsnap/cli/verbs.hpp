@@ -11,6 +11,12 @@ void add_capture(CLI::App& app, int* exit_code);
 void add_show(CLI::App& app, int* exit_code);
 void add_diff(CLI::App& app, int* exit_code);
 void add_help(CLI::App& app, int* exit_code);
+void add_store_verbs(CLI::App& app, int* exit_code);    // ls, rm, gc, check (cli/store_verbs.cpp)
+void add_restore(CLI::App& app, int* exit_code);        // cli/restore.cpp
+void add_export_import(CLI::App& app, int* exit_code);  // export, import (cli/export_import.cpp)
+
+// The --store option every store verb takes; resolved with store::default_store_path.
+void add_store_option(CLI::App& cmd, std::string& store_flag);
 
 // Writes bytes to PATH atomically (temporary file, fsync, rename); "-" is stdout.
 void write_output(const std::string& path, const std::string& bytes);
