@@ -224,3 +224,79 @@ def nvml_env():
     """Environment for a live capture that talks to the fake NVML when it is built,
     so a real driver's start-up time never enters a timing."""
     return {"ENVSNAP_NVML_LIBRARY": str(FAKE_NVML)} if FAKE_NVML.is_file() else {}
+
+
+# ---- OCI images and the store -------------------------------------------------------
+
+def shared_schemas():
+    """The team's schema folder (../shared/schemas beside the checkout, or
+    $ENVSNAP_SHARED_SCHEMAS); its absence is a failure, not a skip."""
+    candidates = [os.environ.get("ENVSNAP_SHARED_SCHEMAS"), SOURCE_DIR.parent / "shared" / "schemas",
+                  SOURCE_DIR.parent.parent / "shared" / "schemas"]
+    for c in candidates:
+        if c and (Path(c) / "validate.py").is_file():
+            return Path(c)
+    pytest.fail("the shared schemas (shared/schemas/validate.py beside the checkout) were not found; "
+                "set ENVSNAP_SHARED_SCHEMAS")
+
+
+def validate_oci(schema, doc, tmp_path):
+    """Validates a JSON document (dict or bytes) against shared/schemas/oci-image/<schema>."""
+    schemas = shared_schemas()
+    path = tmp_path / f"doc-{sha256_hex(json.dumps(doc, sort_keys=True).encode() if not isinstance(doc, bytes) else doc)[:12]}.json"
+    path.write_bytes(doc if isinstance(doc, bytes) else json.dumps(doc).encode())
+    proc = subprocess.run(["/usr/bin/python3", str(schemas / "validate.py"),
+                           str(schemas / "oci-image" / schema), str(path)],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    assert proc.returncode == 0, f"{schema}: {proc.stdout.decode()} {proc.stderr.decode()}"
+
+
+class Layout:
+    """Reads an OCI image layout (the envsnap store) independently of envsnap."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def index(self):
+        return json.loads((self.path / "index.json").read_bytes())
+
+    def blob_path(self, digest):
+        algo, hexd = digest.split(":")
+        return self.path / "blobs" / algo / hexd
+
+    def blob(self, digest):
+        data = self.blob_path(digest).read_bytes()
+        assert "sha256:" + sha256_hex(data) == digest, f"blob {digest} does not match its digest"
+        return data
+
+    def manifest_descriptor(self, ref):
+        found = [m for m in self.index()["manifests"]
+                 if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == ref]
+        assert len(found) == 1, f"{ref}: {len(found)} entries in index.json"
+        return found[0]
+
+    def manifest(self, ref):
+        return json.loads(self.blob(self.manifest_descriptor(ref)["digest"]))
+
+    def config(self, ref):
+        return json.loads(self.blob(self.manifest(ref)["config"]["digest"]))
+
+    def layer_digests(self, ref):
+        return {l["annotations"]["dev.envsnap.layer"]: l["digest"] for l in self.manifest(ref)["layers"]}
+
+
+def tool(path):
+    """A tool that scripts/setup.sh installs; missing means setup is broken."""
+    p = Path(path)
+    if not p.exists():
+        pytest.fail(f"{path} is missing: scripts/setup.sh should have installed it")
+    return str(p)
+
+
+def run(*cmd, timeout=600, check=True, env=None, cwd=None):
+    proc = subprocess.run([os.fspath(c) for c in cmd], stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=timeout, env=env, cwd=cwd)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{cmd} exited {proc.returncode}:\n{proc.stdout.decode(errors='replace')[-2000:]}\n"
+                    f"{proc.stderr.decode(errors='replace')[-4000:]}")
+    return proc

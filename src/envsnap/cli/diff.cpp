@@ -11,41 +11,23 @@ namespace envsnap::cli {
 
 namespace fs = std::filesystem;
 
-// A side of a diff: a root directory (captured now) or a lock file.
-static lock::LockDocument load_side(const std::string& arg, const std::vector<std::string>& data, bool quiet) {
-  std::error_code ec;
-  if (fs::is_directory(arg, ec)) {
-    lock::CaptureOptions opts;
-    opts.root = arg;
-    for (auto& d : data) opts.data.push_back((fs::path(arg) / fs::path(d).relative_path()).string());
-    auto doc = lock::capture_lock(opts);
-    if (!doc) throw util::Fatal(2, doc.message());
-    if (!quiet) print_warnings(doc->captured);
-    return std::move(*doc);
-  }
-  if (fs::exists(arg, ec)) {
-    auto doc = lock::read_file(arg);
-    if (!doc) throw util::Fatal(2, doc.message());
-    return std::move(*doc);
-  }
-  throw util::Fatal(2, fmt::format("{}: no such lock file or root directory", arg));
-}
-
 void add_diff(CLI::App& app, int* exit_code) {
   auto a = std::make_shared<std::string>();
   auto b = std::make_shared<std::string>();
   auto json = std::make_shared<bool>(false);
   auto quiet = std::make_shared<bool>(false);
   auto data = std::make_shared<std::vector<std::string>>();
+  auto store = std::make_shared<std::string>();
   auto* cmd = app.add_subcommand("diff", "Show what differs between two locks or roots, ranked by risk");
-  cmd->add_option("a", *a, "Lock file or root directory")->required();
-  cmd->add_option("b", *b, "Lock file or root directory")->required();
+  cmd->add_option("a", *a, "Lock file, root directory or store reference")->required();
+  cmd->add_option("b", *b, "Lock file, root directory or store reference")->required();
+  add_store_option(*cmd, *store);
   cmd->add_option("--data", *data, "Data path inside each root to digest (roots only)");
   cmd->add_flag("--json", *json, "Machine-readable output");
   cmd->add_flag("-q,--quiet", *quiet, "Do not print capture warnings");
   cmd->callback([=] {
-    auto da = load_side(*a, *data, *quiet);
-    auto db = load_side(*b, *data, *quiet);
+    auto da = load_lock_argument(*a, *store, *data, *quiet);
+    auto db = load_lock_argument(*b, *store, *data, *quiet);
     auto changes = lock::diff_locks(da.lock, db.lock);
     if (*json) {
       write_output("-", lock::to_json(changes).dump(2) + "\n");

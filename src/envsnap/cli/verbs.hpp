@@ -5,6 +5,8 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "envsnap/lock/lock.hpp"
+
 namespace envsnap::cli {
 
 void add_capture(CLI::App& app, int* exit_code);
@@ -20,6 +22,12 @@ void add_store_option(CLI::App& cmd, std::string& store_flag);
 
 // Writes bytes to PATH atomically (temporary file, fsync, rename); "-" is stdout.
 void write_output(const std::string& path, const std::string& bytes);
+// A lock from an argument, resolved as DESIGN.md says: an existing path is a root
+// directory (captured now, --data paths taken inside it) or a lock file; otherwise a
+// store reference whose image config carries the lock.
+lock::LockDocument load_lock_argument(const std::string& arg, const std::string& store_flag,
+                                      const std::vector<std::string>& data, bool quiet);
+
 // Prints each warning to stderr as "envsnap: warning: ...".
 void print_warnings(const nlohmann::json& captured);
 
