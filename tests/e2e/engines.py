@@ -174,7 +174,9 @@ class Dockerd:
 
     def start(self, timeout=60.0):
         config = self.run_dir / "daemon.json"
-        config.write_text("{}\n", encoding="utf-8")
+        # Without this, dockerd 20.10 writes its trust key to /etc/docker/key.json.
+        config.write_text(json.dumps({"deprecated-key-path": str(self.run_dir / "key.json")}),
+                          encoding="utf-8")
         cmd = [DOCKERD, "--config-file", str(config), "--iptables=false", "--ip6tables=false",
                "--bridge=none", "--storage-driver=vfs",
                "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
@@ -286,7 +288,7 @@ class Podman:
         return run_tool(cmd, env=self.env(), check=check, timeout=timeout)
 
     def stop(self):
-        self.podman("system", "reset", "--force", check=False, timeout=60)
+        # Not `podman system reset`: it also removes networks from the host's config.
         unmount_under(self.root, self.run_dir)
         remove_tree(self.run_dir)
         remove_tree(self.root)

@@ -8,7 +8,6 @@ import gzip
 import json
 import re
 import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 
