@@ -12,6 +12,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-pytest python3-jsonschema
   mmdebstrap debian-archive-keyring fuse-overlayfs
+  skopeo umoci podman runc crun docker.io busybox-static zstd gzip qemu-user
 )
 
 missing=()
