@@ -1,0 +1,155 @@
+#!/usr/bin/python3
+"""Pack, re-capture, export and restore benchmarks (issue "Pack"), each against the
+tool a user would pick instead, all in the same run; results go to BENCHMARKS.md.
+
+Not run by CI. Usage (as root, after building; needs tar, gzip, igzip, umoci, skopeo):
+    bench/bench_pack.py [--bin build/envsnap] [--work DIR] [--no-write] [--only torch|cuda]
+
+Measures (wall time, page cache warm: every input is read once before timing):
+  * capture + pack of the PyTorch root and of /usr/local/cuda, against
+    `tar -c | gzip -6`, `tar -c | igzip -1 -T2` and `umoci insert` (into a fresh image);
+  * re-capture of the PyTorch root after one Python distribution changed (stat cache);
+  * export to a docker-archive, against `skopeo copy oci:... docker-archive:...`;
+  * restore to a directory, against `umoci unpack`.
+"""
+
+import argparse
+import datetime
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_lock import SOURCE_DIR, cpu_model, fixture_root  # noqa: E402
+
+BEGIN = "<!-- bench_pack:begin -->"
+END = "<!-- bench_pack:end -->"
+
+
+def timed(cmd, shell=False, cwd="/"):
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, shell=shell, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, cwd=cwd)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd} exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}")
+    return elapsed
+
+
+def warm(path):
+    subprocess.run(f"tar -cf - -C {path} . > /dev/null", shell=True, check=True)
+
+
+def du(path):
+    return int(subprocess.run(["du", "-sb", str(path)], capture_output=True, check=True).stdout.split()[0])
+
+
+def bench_pack(binary, name, root, work, rows):
+    warm(root)
+    size = du(root)
+    store = work / f"store-{name}"
+    shutil.rmtree(store, ignore_errors=True)
+    t_envsnap = timed([binary, "capture", root, "-t", f"bench/{name}:v1", "--store", store, "--quiet"])
+    t_gzip = timed(f"tar -cf - -C {root} . | gzip -6 > {work}/{name}.tar.gz", shell=True)
+    t_igzip = timed(f"tar -cf - -C {root} . | igzip -1 -T2 -c > {work}/{name}.tar.igz", shell=True)
+    umoci_dir = work / f"umoci-{name}"
+    shutil.rmtree(umoci_dir, ignore_errors=True)
+    subprocess.run(["umoci", "init", "--layout", umoci_dir], check=True)
+    subprocess.run(["umoci", "new", "--image", f"{umoci_dir}:t"], check=True)
+    t_umoci = timed(["umoci", "insert", "--image", f"{umoci_dir}:t", root, "/"])
+    rows.append((f"capture + pack, {name} ({size / 2**30:.2f} GiB)", t_envsnap,
+                 [("tar | gzip -6", t_gzip), ("tar | igzip -1 -T2", t_igzip), ("umoci insert", t_umoci)]))
+    for p in (f"{name}.tar.gz", f"{name}.tar.igz"):
+        (work / p).unlink()
+    shutil.rmtree(umoci_dir)
+    return store, t_envsnap
+
+
+def bench_recapture(binary, root, work, first, rows):
+    copy = work / "torch-copy"
+    shutil.rmtree(copy, ignore_errors=True)
+    subprocess.run(["cp", "-a", root, copy], check=True)
+    store = work / "store-recapture"
+    shutil.rmtree(store, ignore_errors=True)
+    t_first = timed([binary, "capture", copy, "-t", "bench/re:v1", "--store", store, "--quiet"])
+    pkg = copy / "usr/lib/python3/dist-packages/numpy-1.24.2.egg-info/PKG-INFO"
+    pkg.write_text(pkg.read_text().replace("Version: 1.24.2", "Version: 1.24.3", 1))
+    t_again = timed([binary, "capture", copy, "-t", "bench/re:v2", "--store", store, "--quiet"])
+    rows.append(("re-capture after one distribution changed (PyTorch root)", t_again,
+                 [("first capture of the same tree", t_first)]))
+    shutil.rmtree(copy)
+    shutil.rmtree(store)
+
+
+def bench_export_restore(binary, store, work, rows):
+    out = work / "export.tar"
+    t_export = timed([binary, "export", "bench/torch:v1", "-o", out, "--store", store])
+    out.unlink()
+    skopeo_out = work / "skopeo.tar"
+    t_skopeo = timed(["skopeo", "--insecure-policy", "copy", f"oci:{store}:bench/torch:v1",
+                      f"docker-archive:{skopeo_out}:bench/torch:v1"])
+    skopeo_out.unlink()
+    rows.append(("export (PyTorch root image)", t_export, [("skopeo copy to docker-archive", t_skopeo)]))
+    target = work / "restored"
+    shutil.rmtree(target, ignore_errors=True)
+    t_restore = timed([binary, "restore", "bench/torch:v1", target, "--store", store])
+    shutil.rmtree(target)
+    bundle = work / "umoci-bundle"
+    shutil.rmtree(bundle, ignore_errors=True)
+    t_umoci = timed(["umoci", "unpack", "--image", f"{store}:bench/torch:v1", bundle])
+    shutil.rmtree(bundle)
+    rows.append(("restore (PyTorch root image)", t_restore, [("umoci unpack", t_umoci)]))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=str(SOURCE_DIR / "build" / "envsnap"))
+    ap.add_argument("--work", default="/var/tmp/envsnap-bench")
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--only", choices=["torch", "cuda"])
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    binary = os.path.abspath(args.bin)
+    rows = []
+    torch_store = None
+    if args.only in (None, "torch"):
+        root = fixture_root()
+        torch_store, first = bench_pack(binary, "torch", root, work, rows)
+        bench_recapture(binary, root, work, first, rows)
+        bench_export_restore(binary, torch_store, work, rows)
+    if args.only in (None, "cuda"):
+        cuda = os.path.realpath("/usr/local/cuda")
+        store, _ = bench_pack(binary, "cuda", cuda, work, rows)
+        shutil.rmtree(store)
+
+    lines = ["| measure | envsnap | baseline | baseline time | envsnap vs baseline |", "|---|---:|---|---:|---:|"]
+    for name, t, baselines in rows:
+        for i, (bname, bt) in enumerate(baselines):
+            lines.append(f"| {name if i == 0 else ''} | {t:.2f} s | {bname} | {bt:.2f} s | "
+                         f"{t / bt:.2f}x the time |")
+    table = "\n".join(lines)
+    print(table)
+    if torch_store:
+        shutil.rmtree(torch_store)
+    if args.no_write:
+        return
+    section = (f"{BEGIN}\n## Pack, re-capture, export, restore (bench/bench_pack.py)\n\n"
+               f"- date: {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC\n"
+               f"- machine: {cpu_model()}, {os.cpu_count()} cores, page cache warm, one run each\n\n"
+               f"{table}\n\nA ratio below 1 means envsnap took less time than the baseline.\n{END}")
+    bench = SOURCE_DIR / "BENCHMARKS.md"
+    text = bench.read_text() if bench.exists() else "# Benchmarks\n"
+    if BEGIN in text:
+        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    bench.write_text(text)
+    print(f"wrote {bench}")
+
+
+if __name__ == "__main__":
+    main()
