@@ -487,8 +487,11 @@ util::Result<oci::Descriptor> Store::resolve(std::string_view ref) const {
   auto by_digest = [&](const oci::Digest& d) -> util::Result<oci::Descriptor> {
     for (auto& e : *entries)
       if (e.desc.digest == d) return e.desc;
-    if (!has_blob(d))
+    struct stat st;
+    if (::stat(blob_path(d).c_str(), &st) != 0 || !S_ISREG(st.st_mode))
       return util::Error{fmt::format("no image {} in the store at {}; envsnap ls lists them", d.str(), m_path.string())};
+    if (st.st_size > (4 << 20))  // manifests are small; do not read a layer to find that out
+      return util::Error{fmt::format("{} in the store at {} is not an image manifest", d.str(), m_path.string())};
     auto bytes = read_blob(d);
     if (!bytes) return util::Error{bytes.message()};
     auto j = nlohmann::json::parse(*bytes, nullptr, false);
@@ -531,13 +534,14 @@ util::Result<oci::Descriptor> Store::resolve(std::string_view ref) const {
 
   if (!parsed && !(is_hex(text) && text.size() >= 7))
     return util::Error{parsed.message()};
+  std::set<std::string> names;
+  for (auto& e : *entries)
+    if (!e.ref_name.empty()) names.insert(e.ref_name);
   std::string known;
   size_t shown = 0;
-  for (auto& e : *entries) {
-    if (e.ref_name.empty()) continue;
-    if (shown++ < 10) known += (known.empty() ? "" : ", ") + e.ref_name;
-  }
-  if (shown > 10) known += fmt::format(" and {} more", shown - 10);
+  for (auto& n : names)
+    if (shown++ < 10) known += (known.empty() ? "" : ", ") + n;
+  if (names.size() > 10) known += fmt::format(" and {} more", names.size() - 10);
   return util::Error{fmt::format("no image '{}' in the store at {}; {}", wanted, m_path.string(),
                                  known.empty() ? "the store has no tagged images"
                                                : "it has " + known + " (envsnap ls lists them)")};
