@@ -50,7 +50,11 @@ void add_help(CLI::App& app, int* exit_code) {
     write_output("-",
                  "0    ok\n"
                  "1    a finding: diff found differences, doctor found errors, check found corruption\n"
-                 "2    usage error or bad input (a missing root, an unreadable lock, a bad flag)\n"
+                 "2    usage error or bad input (a missing root, an unreadable lock, a bad flag, an unknown reference)\n"
+                 "3    store error (no store, not a layout, unreadable index, lock or write failure)\n"
+                 "4    network error (registry unreachable, connection reset, timeout after retries)\n"
+                 "5    authentication failed (wrong credentials, no permission)\n"
+                 "6    corrupt content (a blob or manifest does not match its digest)\n"
                  "125  run: envsnap itself failed\n"
                  "126  run: the command cannot be executed\n"
                  "127  run: the command was not found\n");

@@ -170,6 +170,9 @@ util::Result<SnapshotResult> build_snapshot(const util::RootFs& root, const lock
   }
   if (options.layer.source_date_epoch) created = std::min(created, *options.layer.source_date_epoch);
 
+  // Held from the first blob until the tag, so a concurrent gc keeps our untagged blobs.
+  auto hold = store.lock_shared();
+  if (!hold) return hold.error();
   ProgressBar bar(options.progress, total);
   for (const auto& layer : plan.layers) {
     LayerReport report;
