@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "envsnap/image/glob.hpp"
@@ -433,6 +434,14 @@ TEST(ImagePlan, LayerAssignment) {
           "/.\n/usr\n/usr/bin\n/usr/bin/debtool\n/usr/lib/python3/dist-packages/debpkg-2.0.egg-info\n"
           "/usr/lib/python3/dist-packages/debpkg-2.0.egg-info/PKG-INFO\n"
           "/usr/lib/python3/dist-packages/debpkg/__init__.py\n");
+  r.write("usr/lib/x86_64-linux-gnu/libdebpkg.so.1", std::string(100, 'x'));
+  r.write("var/lib/dpkg/info/libdebpkg1:amd64.list", "/.\n/usr\n/usr/lib/x86_64-linux-gnu/libdebpkg.so.1\n");
+  r.write("var/lib/dpkg/status",
+          "Package: coreutils\nStatus: install ok installed\nVersion: 9.1-1\n\n"
+          "Package: libdebpkg1\nStatus: install ok installed\nSource: debsrc (2.0-1)\nVersion: 2.0-1+b1\n\n"
+          "Package: python3-debpkg\nStatus: install ok installed\nSource: debsrc\nVersion: 2.0-1\n");
+  r.write(deb + "single-1.0.egg-info", "Name: single\n");
+  r.write(deb + "single/__init__.py", "1");
   r.write("home/me/proj/train.py", "p");
   r.write("opt/other/tool", "o");
   json lock = {
@@ -460,6 +469,9 @@ TEST(ImagePlan, LayerAssignment) {
   EXPECT_EQ(in("usr/local/bin/bigtool"), L{"python-bigpkg"});
   EXPECT_EQ(in(deb + "debpkg/__init__.py"), L{"python-debpkg"});
   EXPECT_EQ(in("usr/bin/debtool"), L{"python-debpkg"});
+  EXPECT_EQ(in("usr/lib/x86_64-linux-gnu/libdebpkg.so.1"), L{"python-debpkg"});
+  EXPECT_EQ(in(deb + "single-1.0.egg-info"), L{"python"});
+  EXPECT_EQ(in(deb + "single/__init__.py"), L{"python"});
   EXPECT_EQ(in(site + "small/__init__.py"), L{"python"});
   EXPECT_EQ(in(site + "small-0.1.egg-info/top_level.txt"), L{"python"});
   EXPECT_EQ(in(site + "loose.py"), L{"python"});
@@ -467,7 +479,7 @@ TEST(ImagePlan, LayerAssignment) {
   EXPECT_EQ(in("opt/other/tool"), L{"rest"});
   EXPECT_EQ(in("bin"), L{"base-os"});
   EXPECT_EQ(layer(plan, "python-bigpkg")->bytes, 2000u + 3000 + 13 + record.size() + 10);
-  EXPECT_EQ(layer(plan, "python-debpkg")->bytes, 4000u + 19 + 13 + 7);
+  EXPECT_EQ(layer(plan, "python-debpkg")->bytes, 4000u + 19 + 13 + 7 + 100);
   EXPECT_EQ(layer(plan, "gpu")->bytes, 500u);
 
   // Every layer holds the parents of its entries, and is in path order with '/' lowest.
@@ -531,4 +543,26 @@ TEST(ImagePlan, UnreadableDirectoryIsAWarning) {
   EXPECT_NE(warnings.items()[0].find("/srv/locked"), std::string::npos) << warnings.items()[0];
   EXPECT_TRUE(entry(plan, "srv/locked"));
   EXPECT_FALSE(entry(plan, "srv/locked/x"));
+}
+
+TEST(ImagePlan, AtMostSixtyLayers) {
+  TempRoot r;
+  const std::string site = "opt/venv/lib/python3.11/site-packages/";
+  json dists = json::array();
+  for (int i = 1; i <= 58; ++i) {
+    auto name = fmt::format("p{:02}", i);
+    r.write(site + name + ".py", std::string(static_cast<size_t>(i) * 10, 'x'));
+    r.write(site + name + "-1.0.dist-info/RECORD", name + ".py,,\n");
+    dists.push_back({{"name", name}, {"version", "1.0"}});
+  }
+  json lock = {{"python", {{"environments", {{{"path", "/" + site}, {"distributions", dists}}}}}}};
+  PlanOptions o;
+  o.size_threshold = 1;
+  auto plan = plan_of(r, lock, o);
+  std::vector<std::string> expected;
+  for (int i = 4; i <= 58; ++i) expected.push_back(fmt::format("python-p{:02}", i));
+  expected.push_back("python");
+  EXPECT_EQ(layer_names(plan), expected);
+  EXPECT_EQ(where(plan)[site + "p01.py"], std::vector<std::string>{"python"});
+  EXPECT_EQ(where(plan)[site + "p04.py"], std::vector<std::string>{"python-p04"});
 }

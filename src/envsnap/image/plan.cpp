@@ -165,6 +165,7 @@ struct Distribution {
 
 struct Package {
   std::string name;
+  std::string source;  // dpkg source package (its own name when status names none)
   bool gpu = false;
   std::vector<int> files;  // non-directory nodes it lists
   int metadata_dirs = 0;   // Python metadata directories it lists
@@ -237,6 +238,7 @@ private:
   std::vector<Package> m_packages;
   std::vector<Distribution> m_dists;
   std::map<std::pair<int, std::string>, int> m_dist_ids;
+  std::vector<std::pair<int, int>> m_source_claims;  // (distribution, its dpkg package)
   Plan m_plan;
 };
 
@@ -299,7 +301,6 @@ void Planner::load_rules() {
 std::optional<Rule> Planner::default_rule(const std::string& path, const struct stat& st,
                                           const struct stat& parent_st) const {
   bool dir = S_ISDIR(st.st_mode);
-  if (dir && st.st_dev != parent_st.st_dev) return Rule{"mount point", true};
   if (!m_data.empty() && m_data.count(path)) return Rule{k_data_reason, false};
   if (m_stores.count(path)) return Rule{"envsnap store", false};
   static const std::map<std::string_view, Rule> fixed = {
@@ -325,6 +326,9 @@ std::optional<Rule> Planner::default_rule(const std::string& path, const struct 
   auto name = basename(path);
   if (parent == "/var/cache") return Rule{"cache", false};
   if (parent == "/var/log") return Rule{"logs", false};
+  // Another file system below the root (only directories: overlayfs may give files of
+  // lower layers their own st_dev).
+  if (dir && st.st_dev != parent_st.st_dev) return Rule{"mount point", true};
   if (name == ".cache" && (parent == "/root" || (parent.starts_with("/home/") && parent.find('/', 6) == std::string_view::npos)))
     return Rule{"cache", false};
   if (!dir && name.ends_with(".swap") && S_ISREG(st.st_mode)) return Rule{"swap file", false};
@@ -584,6 +588,18 @@ std::string Planner::resolve_file(std::string_view path) {
 void Planner::read_dpkg() {
   auto entries = m_root.list_dir("/var/lib/dpkg/info");
   if (!entries) return;
+  std::unordered_map<std::string, std::string> sources;
+  if (auto status = m_root.read_file("/var/lib/dpkg/status")) {
+    std::string package;
+    for (auto line : util::lines(*status)) {
+      if (line.starts_with("Package:")) {
+        package = std::string(util::trim(line.substr(8)));
+      } else if (line.starts_with("Source:") && !package.empty()) {
+        auto src = util::trim(line.substr(7));
+        sources[package] = std::string(src.substr(0, src.find(' ')));
+      }
+    }
+  }
   for (const auto& e : *entries) {
     if (e.type != util::FileType::regular || !e.name.ends_with(".list")) continue;
     std::string name = e.name.substr(0, e.name.size() - 5);
@@ -594,7 +610,7 @@ void Planner::read_dpkg() {
       continue;
     }
     int pkg = static_cast<int>(m_packages.size());
-    m_packages.push_back({name, is_gpu_package(name), {}, 0});
+    m_packages.push_back({name, sources.count(name) ? sources[name] : name, is_gpu_package(name), {}, 0});
     for (auto line : util::lines(*text)) {
       if (line.empty() || line == "/.") continue;
       int n = node_at(resolve_file(line));
@@ -620,7 +636,7 @@ void Planner::read_apk() {
     auto value = line.substr(2);
     if (line[0] == 'P') {
       pkg = static_cast<int>(m_packages.size());
-      m_packages.push_back({std::string(value), false, {}, 0});
+      m_packages.push_back({std::string(value), std::string(value), false, {}, 0});
       dir.clear();
     } else if (line[0] == 'F') {
       dir = std::string(value);
@@ -688,12 +704,37 @@ void Planner::add_distribution(int site, int meta, const std::string& site_path,
     return std::move(*text);
   };
 
-  if (S_ISDIR(meta_node.st.st_mode)) {
-    if (m_nodes[meta].subtree_mark < 0) m_nodes[meta].subtree_mark = d;
-  } else {
-    claim_exact(meta, d);
+  auto claim_top_level = [&](const std::string& top_name) {
+    int n = node_at(site_path + "/" + top_name);
+    if (n >= 0 && S_ISDIR(m_nodes[n].st.st_mode)) {
+      if (m_nodes[n].subtree_mark < 0) m_nodes[n].subtree_mark = d;
+    } else {
+      claim_exact(n, d);
+    }
+    claim_exact(node_at(site_path + "/" + top_name + ".py"), d);
+    for (int k : children) {
+      auto child = basename(m_nodes[k].path);
+      if (child.size() > top_name.size() + 1 && child.starts_with(top_name) && child[top_name.size()] == '.' &&
+          (child.ends_with(".so") || child.ends_with(".pyd")))
+        claim_exact(k, d);
+    }
+  };
+  // Installed by dpkg (Debian's python3-<x>): the package's other files, and those of the
+  // packages built from the same source (libtorch for python3-torch), belong to it too.
+  if (int pkg = m_nodes[meta].pkg; pkg >= 0 && m_packages[pkg].metadata_dirs == 1) {
+    for (int n : m_packages[pkg].files) claim_exact(n, d);
+    m_source_claims.emplace_back(d, pkg);
   }
-  if (!S_ISDIR(meta_node.st.st_mode)) return;
+
+  if (!S_ISDIR(meta_node.st.st_mode)) {
+    // A single-file .egg-info (PKG-INFO only): its import name is most likely its own name.
+    claim_exact(meta, d);
+    std::string raw(stem.substr(0, stem.find('-')));
+    claim_top_level(raw);
+    if (auto lower = util::to_lower(raw); lower != raw) claim_top_level(lower);
+    return;
+  }
+  if (m_nodes[meta].subtree_mark < 0) m_nodes[meta].subtree_mark = d;
 
   bool listed = false;
   if (dist_info) {
@@ -728,31 +769,13 @@ void Planner::add_distribution(int site, int meta, const std::string& site_path,
       claim_exact(node_at(resolve_file(rel.front() == '/' ? std::string(rel) : meta_path + "/" + std::string(rel))), d);
     }
   }
-  if (!listed) {
-    if (auto top = read_lines("top_level.txt")) {
+  if (!listed)
+    if (auto top = read_lines("top_level.txt"))
       for (auto line : util::lines(*top)) {
         auto t = util::trim(line);
         if (t.empty() || t.find("..") != std::string_view::npos) continue;
-        std::string top_name(t);
-        int n = node_at(site_path + "/" + top_name);
-        if (n >= 0 && S_ISDIR(m_nodes[n].st.st_mode)) {
-          if (m_nodes[n].subtree_mark < 0) m_nodes[n].subtree_mark = d;
-        } else {
-          claim_exact(n, d);
-        }
-        claim_exact(node_at(site_path + "/" + top_name + ".py"), d);
-        for (int k : children) {
-          auto child = basename(m_nodes[k].path);
-          if (child.size() > top_name.size() + 1 && child.starts_with(top_name) && child[top_name.size()] == '.' &&
-              (child.ends_with(".so") || child.ends_with(".pyd")))
-            claim_exact(k, d);
-        }
+        claim_top_level(std::string(t));
       }
-    }
-  }
-  // Installed by dpkg (Debian's python3-<x>): the package's other files belong to the distribution too.
-  if (int pkg = m_nodes[meta].pkg; pkg >= 0 && m_packages[pkg].metadata_dirs == 1)
-    for (int n : m_packages[pkg].files) claim_exact(n, d);
 }
 
 void Planner::read_distributions() {
@@ -784,6 +807,11 @@ void Planner::read_distributions() {
       }
     }
   for (const auto& [s, meta] : metas) add_distribution(sites[s].first, meta, sites[s].second, children[s]);
+  for (const auto& [d, pkg] : m_source_claims)
+    for (size_t other = 0; other < m_packages.size(); ++other)
+      if (static_cast<int>(other) != pkg && m_packages[other].metadata_dirs == 0 &&
+          m_packages[other].source == m_packages[pkg].source)
+        for (int n : m_packages[other].files) claim_exact(n, d);
 }
 
 void Planner::build_layers() {
