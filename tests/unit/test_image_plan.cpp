@@ -337,6 +337,7 @@ TEST(ImagePlan, Sanitised) {
   TempRoot r;
   r.write("etc/shadow", "root:$y$j9T$abc$def:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n");
   r.write("etc/gshadow", "root:*::\nsudo:$6$x$y::me\n");
+  r.write("etc/shadow-", "root:$6$old$hash:18000:0:99999:7:::\n");
   r.write("etc/machine-id", "0123456789abcdef0123456789abcdef\n");
   r.write("var/lib/dbus/machine-id", "0123456789abcdef0123456789abcdef\n");
   r.write("etc/pip.conf", "[global]\nindex-url = https://u:p@pypi.example.com/simple\n");
@@ -350,10 +351,12 @@ TEST(ImagePlan, Sanitised) {
                         {"/etc/machine-id", "emptied"},
                         {"/etc/pip.conf", "URL credentials removed"},
                         {"/etc/shadow", "passwords locked"},
+                        {"/etc/shadow-", "passwords locked"},
                         {"/opt/conda/.condarc", "URL credentials removed"},
                         {"/var/lib/dbus/machine-id", "emptied"}}));
   EXPECT_EQ(entry(plan, "etc/shadow")->content, "root:!:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n");
   EXPECT_EQ(entry(plan, "etc/gshadow")->content, "root:*::\nsudo:!::me\n");
+  EXPECT_EQ(entry(plan, "etc/shadow-")->content, "root:!:18000:0:99999:7:::\n");
   EXPECT_EQ(entry(plan, "etc/machine-id")->content, "");
   EXPECT_EQ(entry(plan, "var/lib/dbus/machine-id")->content, "");
   EXPECT_EQ(entry(plan, "etc/pip.conf")->content, "[global]\nindex-url = https://pypi.example.com/simple\n");
@@ -362,6 +365,7 @@ TEST(ImagePlan, Sanitised) {
   // Sizes come from the sanitised content.
   uint64_t expected = std::string("root:!:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n").size() +
                       std::string("root:*::\nsudo:!::me\n").size() +
+                      std::string("root:!:18000:0:99999:7:::\n").size() +
                       std::string("[global]\nindex-url = https://pypi.example.com/simple\n").size() +
                       std::string("[global]\nindex-url = https://pypi.org/simple\n").size() +
                       std::string("channels:\n  - https://conda.example.com/main\n").size();
@@ -565,4 +569,20 @@ TEST(ImagePlan, AtMostSixtyLayers) {
   EXPECT_EQ(layer_names(plan), expected);
   EXPECT_EQ(where(plan)[site + "p01.py"], std::vector<std::string>{"python"});
   EXPECT_EQ(where(plan)[site + "p04.py"], std::vector<std::string>{"python-p04"});
+}
+
+TEST(ImagePlan, ProjectInsideADefaultExclusionIsPacked) {
+  TempRoot r;
+  r.write("tmp/work/proj/train.py", "p");
+  r.write("tmp/work/proj/build/x.o", "o");
+  r.write("tmp/work/other.txt", "t");
+  r.write("tmp/work/proj/.envsnapignore", "build\n");
+  PlanOptions o;
+  o.project_path = "/tmp/work/proj";
+  auto plan = plan_of(r, json::object(), o);
+  EXPECT_EQ(exclusions(plan), (Pairs{{"/tmp/work/other.txt", "temporary files"},
+                                     {"/tmp/work/proj/build", "excluded by /tmp/work/proj/.envsnapignore:1"}}));
+  EXPECT_EQ(layer_names(plan), (std::vector<std::string>{"project"}));
+  EXPECT_EQ(where(plan)["tmp/work/proj/train.py"], std::vector<std::string>{"project"});
+  EXPECT_EQ(where(plan)["tmp/work"], std::vector<std::string>{"project"});
 }

@@ -194,6 +194,10 @@ private:
   void exclude(std::string path, std::string reason) { m_plan.excluded.push_back({std::move(path), std::move(reason)}); }
   bool sanitise(Node& node);
   bool include_below(const std::string& dir) const;
+  bool project_below(const std::string& dir) const {
+    return !m_project.empty() && m_project.size() > dir.size() && m_project.starts_with(dir) &&
+           m_project[dir.size()] == '/';
+  }
 
   const json* find(const json& j, const char* key) const {
     if (!j.is_object()) return nullptr;
@@ -231,6 +235,7 @@ private:
   std::unordered_set<std::string> m_data;
   std::unordered_set<std::string> m_stores;
   std::vector<std::string> m_homes;
+  std::string m_project;
 
   std::vector<Node> m_nodes;
   std::unordered_map<std::string_view, int> m_index;
@@ -274,8 +279,10 @@ void Planner::load_rules() {
   for (const auto& g : m_options.excludes) m_excludes.emplace_back(g);
   read_ignore_file("/.envsnapignore", "/", ".envsnapignore");
   auto project = normalise_in_root(m_options.project_path);
-  if (!project.empty() && project != "/")
+  if (!project.empty() && project != "/") {
+    m_project = project;
     read_ignore_file(project + "/.envsnapignore", project, project + "/.envsnapignore");
+  }
   for (const auto& d : m_options.data_paths)
     if (auto p = normalise_in_root(d); !p.empty()) m_data.insert(p);
   if (auto p = normalise_in_root(m_options.store_path); !p.empty()) m_stores.insert(p);
@@ -404,7 +411,13 @@ void Planner::visit(int parent, RawEntry e, const State& ps, int depth) {
   bool from_ignore = false;
   int ignore_last = -1;
   if (!s.included) {
-    if (!s.inherited.empty()) {
+    bool in_project = !m_project.empty() && path.starts_with(m_project) &&
+                      (path.size() == m_project.size() || path[m_project.size()] == '/');
+    if (in_project) {
+      // The project was asked for: only what the user left out explicitly stays out.
+      if (m_data.count(path)) rule.reason = k_data_reason;
+      else if (m_stores.count(path)) rule.reason = "envsnap store";
+    } else if (!s.inherited.empty()) {
       rule.reason = s.inherited;
     } else if (auto r = default_rule(path, e.st, m_nodes[parent].st)) {
       rule = *r;
@@ -440,7 +453,7 @@ void Planner::visit(int parent, RawEntry e, const State& ps, int depth) {
 
   if (is_dir && rule.keep_empty && s.inherited.empty()) {
     int n = add_node(parent, path, e, true);
-    if (include_below(path)) {
+    if (include_below(path) || project_below(path)) {
       State cs = s;
       cs.inherited = rule.reason;
       walk_dir(n, cs, depth + 1);
@@ -452,7 +465,7 @@ void Planner::visit(int parent, RawEntry e, const State& ps, int depth) {
 
   bool descend = false;
   if (is_dir) {
-    descend = include_below(path);
+    descend = include_below(path) || project_below(path);
     if (!descend && from_ignore)
       for (size_t i = static_cast<size_t>(ignore_last) + 1; i < m_ignore.size(); ++i)
         if (m_ignore[i].negate && m_ignore[i].glob.may_match_below(path)) {
@@ -894,7 +907,7 @@ void Planner::build_layers() {
       if (owned) layer[i] = layer_of(n);
       continue;
     }
-    if (n.st.st_nlink > 1) {
+    if (n.st.st_nlink > 1 && !n.content) {
       auto [it, inserted] = links.try_emplace({n.st.st_dev, n.st.st_ino}, static_cast<int>(i));
       if (!inserted) {
         hardlink_first[i] = it->second;

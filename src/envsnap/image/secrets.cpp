@@ -57,7 +57,8 @@ std::optional<std::string> secret_kind(std::string_view path, const std::vector<
 }
 
 Sanitiser sanitiser_for(std::string_view path) {
-  if (path == "/etc/shadow" || path == "/etc/gshadow") return Sanitiser::shadow;
+  if (path == "/etc/shadow" || path == "/etc/gshadow" || path == "/etc/shadow-" || path == "/etc/gshadow-")
+    return Sanitiser::shadow;
   if (path == "/etc/machine-id" || path == "/var/lib/dbus/machine-id") return Sanitiser::machine_id;
   auto name = basename(path);
   if (name == "pip.conf" || name == ".condarc" || path == "/etc/conda/condarc" || path == "/etc/xdg/pip/pip.conf")

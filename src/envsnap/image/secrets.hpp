@@ -19,7 +19,7 @@ enum class Sanitiser { none, shadow, machine_id, url_credentials };
 // How in-root PATH, a regular file, is sanitised when packed.
 Sanitiser sanitiser_for(std::string_view path);
 
-// /etc/shadow or /etc/gshadow with every password field that is not already locked
+// /etc/shadow or /etc/gshadow (or their "-" backups) with every password field that is not already locked
 // ("*", "!", "!!" or empty) replaced by "!".
 std::string lock_passwords(std::string_view shadow);
 
