@@ -434,8 +434,10 @@ TEST(ImagePlan, LayerAssignment) {
   r.write(deb + "debpkg-2.0.egg-info/PKG-INFO", "Name: debpkg\n");
   r.write(deb + "debpkg-2.0.egg-info/top_level.txt", "debpkg\n");
   r.write("usr/bin/debtool", "#!/usr/bin/python3\n");
+  r.write("usr/share/debpkg/data.txt", "d");
   r.write("var/lib/dpkg/info/python3-debpkg.list",
-          "/.\n/usr\n/usr/bin\n/usr/bin/debtool\n/usr/lib/python3/dist-packages/debpkg-2.0.egg-info\n"
+          "/.\n/usr\n/usr/bin\n/usr/bin/debtool\n/usr/share\n/usr/share/debpkg\n/usr/share/debpkg/data.txt\n"
+          "/usr/lib/python3/dist-packages/debpkg-2.0.egg-info\n"
           "/usr/lib/python3/dist-packages/debpkg-2.0.egg-info/PKG-INFO\n"
           "/usr/lib/python3/dist-packages/debpkg/__init__.py\n");
   r.write("usr/lib/x86_64-linux-gnu/libdebpkg.so.1", std::string(100, 'x'));
@@ -473,6 +475,8 @@ TEST(ImagePlan, LayerAssignment) {
   EXPECT_EQ(in("usr/local/bin/bigtool"), L{"python-bigpkg"});
   EXPECT_EQ(in(deb + "debpkg/__init__.py"), L{"python-debpkg"});
   EXPECT_EQ(in("usr/bin/debtool"), L{"python-debpkg"});
+  EXPECT_EQ(in("usr/share/debpkg"), L{"python-debpkg"});
+  EXPECT_EQ(in("usr/bin"), (L{"base-os", "python-debpkg"}));
   EXPECT_EQ(in("usr/lib/x86_64-linux-gnu/libdebpkg.so.1"), L{"python-debpkg"});
   EXPECT_EQ(in(deb + "single-1.0.egg-info"), L{"python"});
   EXPECT_EQ(in(deb + "single/__init__.py"), L{"python"});
@@ -483,7 +487,7 @@ TEST(ImagePlan, LayerAssignment) {
   EXPECT_EQ(in("opt/other/tool"), L{"rest"});
   EXPECT_EQ(in("bin"), L{"base-os"});
   EXPECT_EQ(layer(plan, "python-bigpkg")->bytes, 2000u + 3000 + 13 + record.size() + 10);
-  EXPECT_EQ(layer(plan, "python-debpkg")->bytes, 4000u + 19 + 13 + 7 + 100);
+  EXPECT_EQ(layer(plan, "python-debpkg")->bytes, 4000u + 19 + 13 + 7 + 100 + 1);
   EXPECT_EQ(layer(plan, "gpu")->bytes, 500u);
 
   // Every layer holds the parents of its entries, and is in path order with '/' lowest.

@@ -136,7 +136,8 @@ struct Node {
   int subtree = -1;       // inherited subtree_mark
   int claim = -1;         // Kind of the nearest claimed directory (project, toolkit, site dir)
   bool claim_root = false;
-  int pkg = -1;  // dpkg/apk package listing it
+  int pkg = -1;  // dpkg/apk package listing it (the first one)
+  int listers = 0;  // how many packages list it
 };
 
 struct IgnoreRule {
@@ -168,6 +169,7 @@ struct Package {
   std::string source;  // dpkg source package (its own name when status names none)
   bool gpu = false;
   std::vector<int> files;  // non-directory nodes it lists
+  std::vector<int> dirs;   // directories it lists
   int metadata_dirs = 0;   // Python metadata directories it lists
 };
 
@@ -220,6 +222,12 @@ private:
   void add_distribution(int site, int meta, const std::string& site_path, const std::vector<int>& children);
   void claim_exact(int node, int dist) {
     if (node >= 0 && m_nodes[node].dist < 0) m_nodes[node].dist = dist;
+  }
+  // The files of PKG, and the directories no other package lists, go to distribution D.
+  void claim_package(int pkg, int d) {
+    for (int n : m_packages[pkg].files) claim_exact(n, d);
+    for (int n : m_packages[pkg].dirs)
+      if (m_nodes[n].listers == 1) claim_exact(n, d);
   }
   void build_layers();
 
@@ -623,14 +631,15 @@ void Planner::read_dpkg() {
       continue;
     }
     int pkg = static_cast<int>(m_packages.size());
-    m_packages.push_back({name, sources.count(name) ? sources[name] : name, is_gpu_package(name), {}, 0});
+    m_packages.push_back({name, sources.count(name) ? sources[name] : name, is_gpu_package(name), {}, {}, 0});
     for (auto line : util::lines(*text)) {
       if (line.empty() || line == "/.") continue;
       int n = node_at(resolve_file(line));
       if (n < 0) continue;
       auto& node = m_nodes[n];
       if (node.pkg < 0) node.pkg = pkg;
-      if (!S_ISDIR(node.st.st_mode)) m_packages[pkg].files.push_back(n);
+      ++node.listers;
+      (S_ISDIR(node.st.st_mode) ? m_packages[pkg].dirs : m_packages[pkg].files).push_back(n);
     }
   }
 }
@@ -649,16 +658,21 @@ void Planner::read_apk() {
     auto value = line.substr(2);
     if (line[0] == 'P') {
       pkg = static_cast<int>(m_packages.size());
-      m_packages.push_back({std::string(value), std::string(value), false, {}, 0});
+      m_packages.push_back({std::string(value), std::string(value), false, {}, {}, 0});
       dir.clear();
     } else if (line[0] == 'F') {
       dir = std::string(value);
       if (pkg >= 0)
-        if (int n = node_at(resolve_dir("/" + dir)); n >= 0 && m_nodes[n].pkg < 0) m_nodes[n].pkg = pkg;
+        if (int n = node_at(resolve_dir("/" + dir)); n >= 0) {
+          if (m_nodes[n].pkg < 0) m_nodes[n].pkg = pkg;
+          ++m_nodes[n].listers;
+          m_packages[pkg].dirs.push_back(n);
+        }
     } else if (line[0] == 'R' && pkg >= 0) {
       int n = node_at(resolve_file(dir.empty() ? "/" + std::string(value) : "/" + dir + "/" + std::string(value)));
       if (n < 0) continue;
       if (m_nodes[n].pkg < 0) m_nodes[n].pkg = pkg;
+      ++m_nodes[n].listers;
       if (!S_ISDIR(m_nodes[n].st.st_mode)) m_packages[pkg].files.push_back(n);
     }
   }
@@ -735,7 +749,7 @@ void Planner::add_distribution(int site, int meta, const std::string& site_path,
   // Installed by dpkg (Debian's python3-<x>): the package's other files, and those of the
   // packages built from the same source (libtorch for python3-torch), belong to it too.
   if (int pkg = m_nodes[meta].pkg; pkg >= 0 && m_packages[pkg].metadata_dirs == 1) {
-    for (int n : m_packages[pkg].files) claim_exact(n, d);
+    claim_package(pkg, d);
     m_source_claims.emplace_back(d, pkg);
   }
 
@@ -824,7 +838,7 @@ void Planner::read_distributions() {
     for (size_t other = 0; other < m_packages.size(); ++other)
       if (static_cast<int>(other) != pkg && m_packages[other].metadata_dirs == 0 &&
           m_packages[other].source == m_packages[pkg].source)
-        for (int n : m_packages[other].files) claim_exact(n, d);
+        claim_package(static_cast<int>(other), d);
 }
 
 void Planner::build_layers() {
