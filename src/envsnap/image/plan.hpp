@@ -17,11 +17,17 @@
 
 namespace envsnap::image {
 
+// Globs are in-root ('**' any depth, '*' part of one component, '?' one character) and
+// match a path or any of its ancestors. --include wins over the default exclusions and
+// over --exclude and .envsnapignore; a secret is only packed when an --include names its
+// exact path (no wildcard), and is then packed unsanitised. .envsnapignore files (at the
+// root, and in the project, relative to it) hold one glob per line, '#' comments, and
+// '!glob' re-includes what an earlier line left out, as .dockerignore does.
 struct PlanOptions {
   std::vector<std::string> includes;   // --include GLOB (in-root, e.g. "/var/log/train/**")
   std::vector<std::string> excludes;   // --exclude GLOB
   std::vector<std::string> data_paths; // in-root paths of --data/--weights (left out)
-  std::string project_path;            // in-root path of --project, or empty
+  std::string project_path;            // in-root path of --project, or empty (packed even below a default exclusion)
   std::string store_path;              // in-root path of the envsnap store when inside the root, or empty
   uint64_t size_threshold = 64ull << 20;  // a Python distribution at least this big gets its own layer
 };
@@ -32,6 +38,8 @@ struct PlannedLayer {
   uint64_t bytes = 0;              // sum of regular file sizes
 };
 
+// A left-out path: a whole file or tree, or, for /proc, /sys, /dev, /run, /tmp, /var/tmp,
+// /boot and mount points, the contents of a directory that is itself packed empty.
 struct Exclusion {
   std::string path;    // in-root, leading '/'
   std::string reason;  // "pseudo-filesystem", "mount point", "cache", "secret: SSH keys", "NVIDIA driver", "data", ...
@@ -50,6 +58,15 @@ struct Plan {
 
 // LOCK is the lock of the same root ("lock" object): it tells which Python
 // environments, CUDA toolkits and distributions there are.
+// Ownership, first match wins: the files of a Python distribution (RECORD,
+// installed-files.txt or top_level.txt, plus, for one installed by dpkg, every file of its
+// package and of the packages built from the same source, e.g. libtorch for python3-torch)
+// go to python-<name> when they total size_threshold or more, else to "python"; then the
+// nearest claimed directory (project -> "project", local CUDA toolkit -> "gpu", site
+// directory -> "python"); then dpkg/apk-listed files ("gpu" for CUDA/cuDNN/NCCL/TensorRT
+// packages, else "base-os"); then "rest". Each layer also holds the parent directories of
+// its entries. Directories below another file system are left out (a changed st_dev of a
+// directory; files are not checked, as overlayfs may give them their own st_dev).
 util::Result<Plan> plan_layers(const util::RootFs& root, const nlohmann::json& lock, const PlanOptions& options,
                                probe::Warnings& warnings);
 
