@@ -160,3 +160,11 @@ TEST(ImageCompress, SinkErrorIsReturned) {
     EXPECT_FALSE(comp.write("x", 1).ok());
   }
 }
+
+TEST(ImageCompress, CpuCaveatOnlyWithoutSse42) {
+#if defined(__x86_64__)
+  EXPECT_EQ(image::gzip_cpu_caveat().empty(), __builtin_cpu_supports("sse4.2") != 0);
+#else
+  EXPECT_FALSE(image::gzip_cpu_caveat().empty());
+#endif
+}

@@ -78,6 +78,17 @@ struct Job {
 
 }  // namespace
 
+std::string gzip_cpu_caveat() {
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("sse4.2")) return {};
+  return "this CPU lacks SSE4.2 (x86-64-v2): ISA-L's fallback gives gzip layers other bytes (and digests) than "
+         "other CPUs; use zstd compression for layers that match other machines";
+#else
+  return "ISA-L on this architecture is not known to give the x86-64 gzip bytes; use zstd compression for "
+         "layers that match other machines";
+#endif
+}
+
 util::Result<void> compress_block(Compression c, const void* data, size_t size, std::string& out) {
   return c == Compression::gzip ? gzip_member(data, size, out) : zstd_frame(data, size, out);
 }

@@ -24,6 +24,10 @@ public:
 
 inline constexpr size_t compress_block_size = size_t{1} << 20;
 
+// Empty where gzip output has the reference bytes (x86-64 with SSE4.2, any later
+// extension); otherwise says why this CPU gives other, equally valid, gzip bytes.
+std::string gzip_cpu_caveat();
+
 // Compresses one block into OUT (replacing it) as one gzip member or zstd frame.
 util::Result<void> compress_block(Compression c, const void* data, size_t size, std::string& out);
 
