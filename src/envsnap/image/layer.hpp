@@ -11,14 +11,13 @@
 #include <string>
 #include <vector>
 
+#include "envsnap/image/compress.hpp"
 #include "envsnap/image/entry.hpp"
 #include "envsnap/oci/digest.hpp"
 #include "envsnap/store/store.hpp"
 #include "envsnap/util/rootfs.hpp"
 
 namespace envsnap::image {
-
-enum class Compression { gzip, zstd };
 
 struct LayerOptions {
   Compression compression = Compression::gzip;
@@ -34,6 +33,18 @@ struct LayerResult {
 
 // Called with the number of input bytes read so far, for progress bars.
 using Progress = std::function<void(uint64_t bytes)>;
+
+struct LayerStreamResult {
+  oci::Digest diff_id;       // SHA-256 of the uncompressed tar
+  uint64_t tar_size = 0;
+  uint64_t compressed_size = 0;
+};
+
+// Writes ENTRIES (in the given order) read from ROOT as a compressed tar into OUT.
+// Fails naming the file when a file cannot be read or changed while being captured.
+util::Result<LayerStreamResult> write_layer_stream(const util::RootFs& root, const std::vector<FileEntry>& entries,
+                                                   const LayerOptions& options, Sink& out,
+                                                   const Progress& progress = {});
 
 // Writes ENTRIES (sorted by the caller) read from ROOT as one layer blob into STORE.
 util::Result<LayerResult> write_layer(const util::RootFs& root, const std::vector<FileEntry>& entries,
