@@ -111,6 +111,8 @@ int run_capture(CaptureArgs& a) {
     print_dry_run(*plan, a.json);
     return 0;
   }
+  if (a.compression == "gzip" && !a.quiet)
+    if (auto caveat = image::gzip_cpu_caveat(); !caveat.empty()) fmt::print(stderr, "envsnap: warning: {}\n", caveat);
   if (a.compression == "zstd" && !a.quiet)
     fmt::print(stderr, "envsnap: warning: zstd layers cannot be read by Docker before 23.0; use the default gzip "
                        "for older engines\n");
