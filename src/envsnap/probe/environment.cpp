@@ -16,7 +16,7 @@ namespace envsnap::probe {
 bool is_training_variable(std::string_view name) {
   static constexpr std::array prefixes = {"CUDA_",   "NCCL_",    "CUBLAS_", "CUBLASLT_", "CUDNN_", "TORCH_",
                                           "PYTORCH_", "OMP_",    "MKL_",    "OPENBLAS_", "NVIDIA_", "CUPY_",
-                                          "TF_",      "XLA_",    "KMP_",    "GOMP_",     "NVTE_",  "TRITON_",
+                                          "TF_ENABLE_", "TF_DETERMINISTIC", "TF_CUDNN_", "TF_GPU_", "TF_FORCE_GPU", "XLA_",    "KMP_",    "GOMP_",     "NVTE_",  "TRITON_",
                                           "HF_",      "TRANSFORMERS_", "ONEDNN_", "DNNL_", "YOLO_", "ULTRALYTICS_"};
   static constexpr std::array exact = {"PYTHONHASHSEED", "LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH",
                                        "CUBLAS_WORKSPACE_CONFIG", "WORLD_SIZE", "LOCAL_RANK", "RANK",
