@@ -57,6 +57,7 @@ struct TaggedImage {
 
 struct GcReport {
   uint64_t blobs_removed = 0, bytes_removed = 0, cache_bytes_removed = 0;
+  uint64_t temp_files_removed = 0, temp_bytes_removed = 0;  // leftovers of interrupted writers
 };
 
 struct CheckReport {
@@ -64,7 +65,10 @@ struct CheckReport {
   std::vector<std::string> problems;  // each names the blob path and what is wrong
 };
 
-// An exclusive or shared lock on the store, released on destruction.
+// An exclusive or shared lock on the store, released on destruction. Writers hold it
+// shared from their first blob until they tag, so gc (exclusive) never collects blobs
+// not yet tagged. It is <store>/.envsnap/gc.lock, not the index lock, so tag() can
+// run while it is held.
 class StoreLock {
 public:
   StoreLock() = default;
