@@ -32,9 +32,8 @@ struct NetFlags {
 };
 
 void add_net_options(CLI::App& cmd, NetFlags& f) {
-  cmd.add_flag("--tls-verify{true}", f.tls_verify,
-               "Verify TLS certificates (--tls-verify=false skips verification and allows plain HTTP)")
-      ->default_str("true");
+  cmd.add_flag("--tls-verify", f.tls_verify,
+               "Verify TLS certificates (--tls-verify=false skips verification and allows plain HTTP)");
   cmd.add_option("--ca-cert", f.ca_cert, "CA certificates (PEM) to trust instead of the system's (default: $SSL_CERT_FILE)");
 }
 
@@ -193,7 +192,7 @@ void add_registry_verbs(CLI::App& app, int* exit_code) {
       else if (password.empty())
         throw util::Fatal(exit_usage, "login needs a password: give --password-stdin or -p PASS");
       if (password.empty()) throw util::Fatal(exit_usage, "the password is empty");
-      registry::Credentials creds{o->user, password, "the login"};
+      registry::Credentials creds{o->user, password, "-u " + o->user};
       registry::Client client(*host, tls_of(o->net), creds);
       client.ping(true);
       auto file = registry::envsnap_auth_file();

@@ -59,18 +59,26 @@ void Client::fail_auth(const std::string& why) const {
 
 void Client::ping(bool authenticate) {
   HttpRequest req;
-  req.url = "https://" + m_host + "/v2/";
-  auto r = perform(req, m_tls);
-  if (r.status == 0 && (is_loopback_host(m_host) || !m_tls.verify)) {
-    HttpRequest plain;
-    plain.url = "http://" + m_host + "/v2/";
-    auto p = perform(plain, m_tls);
-    bool registry_like = p.status == 200 || p.status == 401 || !p.header("docker-distribution-api-version").empty();
-    if (p.status != 0 && registry_like) {
-      std::lock_guard lk(m_mu);
-      m_scheme = "http";
-      r = std::move(p);
+  HttpResponse r;
+  for (int attempt = 0;; ++attempt) {
+    req.url = "https://" + m_host + "/v2/";
+    r = perform(req, m_tls);
+    if (r.status == 0 && (is_loopback_host(m_host) || !m_tls.verify)) {
+      HttpRequest plain;
+      plain.url = "http://" + m_host + "/v2/";
+      auto p = perform(plain, m_tls);
+      bool registry_like = p.status == 200 || p.status == 401 || !p.header("docker-distribution-api-version").empty();
+      if (p.status != 0 && registry_like) {
+        std::lock_guard lk(m_mu);
+        m_scheme = "http";
+        r = std::move(p);
+      }
     }
+    if (attempt < max_retries && is_retryable(r.curl_code, r.status)) {
+      std::this_thread::sleep_for(retry_delay(attempt));
+      continue;
+    }
+    break;
   }
   if (r.status == 0)
     throw util::Fatal(exit_network, fmt::format("cannot reach registry {}: {}", m_host, describe(r)));

@@ -54,9 +54,7 @@ std::string human(uint64_t n) {
 class Progress {
 public:
   explicit Progress(bool enabled) : m_enabled(enabled) {}
-  ~Progress() {
-    if (m_enabled) redraw(true);
-  }
+  ~Progress() { redraw(true); }
   int add(std::string label, uint64_t total) {
     std::lock_guard lk(m_mu);
     m_items.push_back({std::move(label), total, 0, ""});
@@ -80,6 +78,7 @@ public:
     draw_locked(false);
   }
   void redraw(bool final) {
+    if (!m_enabled) return;
     std::lock_guard lk(m_mu);
     draw_locked(final);
   }
