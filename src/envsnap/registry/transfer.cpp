@@ -299,8 +299,8 @@ private:
         if (r.curl_code == 0 && r.status == 202) {
           if (!r.header("location").empty()) location = resolve_location(location, r.header("location"));
           auto held = parse_upload_range(r.header("range"));
-          offset = held && *held <= offset + len ? *held : offset + len;
-          if (held && *held == 0) offset = offset + len;  // "0-0" after a chunk: the chunk itself is there
+          uint64_t next = offset + len;
+          offset = held && *held != 0 && *held <= next ? *held : next;  // "0-0" after a chunk: ambiguous, trust the chunk
           failures = 0;
           continue;
         }
