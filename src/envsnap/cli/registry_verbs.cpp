@@ -90,7 +90,7 @@ void add_registry_verbs(CLI::App& app, int* exit_code) {
     cmd->add_option("dest", o->dest, "HOST[:PORT]/REPOSITORY[:TAG]")->required();
     add_store_option(*cmd, o->store);
     add_net_options(*cmd, o->net);
-    cmd->add_flag("--json", o->json, "Print {reference, digest, uploaded, already_there, mounted} as JSON");
+    cmd->add_flag("--json", o->json, "Print {destination, digest, uploaded, existing, mounted} as JSON");
     cmd->add_flag("--quiet,-q", o->quiet, "No progress and no summary on stderr");
     cmd->callback([o, exit_code] {
       auto dest = parse_remote(o->dest);
@@ -106,8 +106,8 @@ void add_registry_verbs(CLI::App& app, int* exit_code) {
       auto res = registry::push_image(s, *manifest, dest, client, topts);
       int present = res.present + res.mounted;
       if (o->json) {
-        nlohmann::json j = {{"reference", dest.str()},      {"digest", res.manifest.str()},
-                            {"uploaded", res.uploaded},     {"already_there", present},
+        nlohmann::json j = {{"destination", dest.str()}, {"digest", res.manifest.str()},
+                            {"uploaded", res.uploaded},      {"existing", res.present},
                             {"mounted", res.mounted}};
         write_output("-", j.dump(2) + "\n");
       } else {
