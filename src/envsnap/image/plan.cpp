@@ -20,6 +20,7 @@
 
 #include "envsnap/image/glob.hpp"
 #include "envsnap/image/secrets.hpp"
+#include "envsnap/probe/python.hpp"
 #include "envsnap/util/strings.hpp"
 
 namespace envsnap::image {
@@ -65,21 +66,6 @@ std::string normalise_in_root(std::string_view p) {
   return out.empty() ? "/" : out;
 }
 
-// PEP 503 name normalisation: lower case, runs of '-', '_', '.' become one '-'.
-std::string normalise_name(std::string_view name) {
-  std::string out;
-  bool sep = false;
-  for (char c : name) {
-    if (c == '-' || c == '_' || c == '.') {
-      sep = true;
-      continue;
-    }
-    if (sep && !out.empty()) out += '-';
-    sep = false;
-    out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  }
-  return out;
-}
 
 bool is_gpu_package(std::string_view name) {
   static constexpr std::string_view prefixes[] = {
@@ -712,7 +698,7 @@ void Planner::add_distribution(int site, int meta, const std::string& site_path,
   std::string_view file = basename(meta_path);
   bool dist_info = file.ends_with(".dist-info");
   auto stem = file.substr(0, file.size() - (dist_info ? 10 : 9));
-  auto name = normalise_name(stem.substr(0, stem.find('-')));
+  auto name = probe::normalize_dist_name(stem.substr(0, stem.find('-')));
   if (name.empty()) return;
 
   // A second metadata directory of the same name in one site directory (a stale one) is the same distribution.

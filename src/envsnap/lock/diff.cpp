@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "envsnap/probe/python.hpp"
 #include "envsnap/util/strings.hpp"
 
 namespace envsnap::lock {
@@ -29,20 +30,6 @@ std::string str(const Json& j, const char* key) {
   return v.dump();
 }
 
-std::string normalize(std::string_view name) {
-  std::string out;
-  bool sep = false;
-  for (char c : name) {
-    if (c == '-' || c == '_' || c == '.') {
-      sep = true;
-      continue;
-    }
-    if (sep && !out.empty()) out += '-';
-    sep = false;
-    out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  }
-  return out;
-}
 
 struct Differ {
   std::vector<Change> out;
@@ -151,7 +138,7 @@ Values python_values(const Json& lock) {
       auto value = str(d, "version");
       if (auto c = str(d, "vcs_commit"); !c.empty()) value += " @" + c.substr(0, 12);
       if (auto r = str(d, "record_digest"); !r.empty()) value += " [RECORD " + r.substr(7, 12) + "]";
-      v[key(where, normalize(str(d, "name")))] = value;
+      v[key(where, probe::normalize_dist_name(str(d, "name")))] = value;
     }
   }
   return v;
@@ -230,7 +217,7 @@ int package_rank(std::string_view name) {
 }  // namespace
 
 int python_distribution_rank(std::string_view name) {
-  auto n = normalize(name);
+  auto n = probe::normalize_dist_name(name);
   static constexpr std::array torch = {"torch", "torchvision", "torchaudio", "pytorch-triton", "triton"};
   for (auto t : torch)
     if (n == t) return 1;
