@@ -29,7 +29,7 @@ struct PlanOptions {
   std::vector<std::string> data_paths; // in-root paths of --data/--weights (left out)
   std::string project_path;            // in-root path of --project, or empty (packed even below a default exclusion)
   std::string store_path;              // in-root path of the envsnap store when inside the root, or empty
-  uint64_t size_threshold = 64ull << 20;  // a Python distribution at least this big gets its own layer
+  uint64_t size_threshold = 32ull << 20;  // a Python distribution at least this big gets its own layer
 };
 
 struct PlannedLayer {

@@ -8,6 +8,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <mutex>
 #include <sstream>
 
@@ -174,23 +175,31 @@ util::Result<SnapshotResult> build_snapshot(const util::RootFs& root, const lock
   auto hold = store.lock_shared();
   if (!hold) return hold.error();
   ProgressBar bar(options.progress, total);
+  // Cached layers are re-hashed (no blob is trusted without its digest) on their own
+  // threads, beside the packing of the layers that changed.
+  std::vector<std::string> keys;
+  std::vector<std::future<std::optional<LayerResult>>> cached;
   for (const auto& layer : plan.layers) {
+    keys.push_back(layer_key(layer, options.layer));
+    cached.push_back(std::async(std::launch::async, [&store, key = keys.back()] { return cached_layer(store, key); }));
+  }
+  for (size_t i = 0; i < plan.layers.size(); ++i) {
+    const auto& layer = plan.layers[i];
     LayerReport report;
     report.name = layer.name;
     report.bytes = layer.bytes;
     for (const auto& e : layer.entries)
       if (S_ISREG(e.st.st_mode)) ++report.files;
     bar.label(layer.name);
-    auto key = layer_key(layer, options.layer);
-    if (auto cached = cached_layer(store, key)) {
-      report.result = *cached;
+    if (auto hit = cached[i].get()) {
+      report.result = *hit;
       report.reused = true;
     } else {
       auto written = write_layer(root, layer.entries, options.layer, store,
                                  [&bar](uint64_t done) { bar.update(done); });
       if (!written) return util::Error{fmt::format("layer {}: {}", layer.name, written.message())};
       report.result = *written;
-      remember_layer(store, key, report.result);
+      remember_layer(store, keys[i], report.result);
     }
     bar.finish_layer(layer.bytes);
     out.layers.push_back(std::move(report));
