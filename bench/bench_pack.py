@@ -129,7 +129,7 @@ def main():
     lines = ["| measure | envsnap | baseline | baseline time | envsnap vs baseline |", "|---|---:|---|---:|---:|"]
     for name, t, baselines in rows:
         for i, (bname, bt) in enumerate(baselines):
-            lines.append(f"| {name if i == 0 else ''} | {t:.2f} s | {bname} | {bt:.2f} s | "
+            lines.append(f"| {name if i == 0 else ''} | {t:.2f} s | {bname.replace('|', chr(92) + '|')} | {bt:.2f} s | "
                          f"{t / bt:.2f}x the time |")
     table = "\n".join(lines)
     print(table)
