@@ -23,16 +23,19 @@ namespace {
 constexpr size_t isal_level_buf_size = ISAL_DEF_LVL1_LARGE;
 constexpr int zstd_level = 3;
 
-// ISA-L's deflate (2.30) gives other valid bytes when two threads run it at once
-// (seen here: one 1 MiB member of 760 differed in about half the runs with two
-// workers, never with one or with calls serialised). Deterministic output matters
-// more than parallel gzip, so calls are serialised; tar, hashing and I/O still run
-// beside it, and zstd stays parallel.
+// ISA-L's deflate (2.30) gives other valid bytes for some 1 MiB blocks when blocks
+// are compressed by more than one worker: threads, threads with every call
+// serialised, and single-threaded worker processes all did, in some runs, on the
+// PyTorch root; one thread compressing every block in order gave the same bytes in
+// every run. The cause was not found (docs/determinism.md). Deterministic output
+// matters more than parallel gzip: gzip blocks are compressed in order by the
+// producing thread, while zstd frames stay parallel.
 std::mutex isal_mutex;
 
 util::Result<void> gzip_member(const void* data, size_t size, std::string& out) {
   std::lock_guard serial(isal_mutex);
   thread_local std::vector<uint8_t> level_buf(isal_level_buf_size);
+  std::fill(level_buf.begin(), level_buf.end(), uint8_t{0});
   isal_zstream s;
   isal_deflate_init(&s);
   s.level = 1;
@@ -120,6 +123,7 @@ struct BlockCompressor::Impl {
 
   Impl(Compression c, unsigned t, Sink& o) : compression(c), threads(t), out(o) {
     if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+    if (compression == Compression::gzip) threads = 1;  // see gzip_member
     current.reserve(compress_block_size);
     if (threads > 1)
       for (unsigned i = 0; i < threads; ++i) workers.emplace_back([this] { work(); });
