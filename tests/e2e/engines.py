@@ -374,3 +374,23 @@ def make_small_root(root):
     (root / "srv/hello.txt").write_bytes(HELLO)
     os.chmod(root / "tmp", 0o1777)
     return kind
+
+
+# Module-scoped fixtures shared by the engine tests: one daemon per test file.
+@pytest.fixture(scope="module")
+def dockerd(tmp_path_factory):
+    daemon = Dockerd(tmp_path_factory.mktemp("dockerd") / "data")
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory):
+    engine = Podman(tmp_path_factory.mktemp("podman") / "storage")
+    try:
+        yield engine
+    finally:
+        engine.stop()

@@ -16,6 +16,7 @@ import pytest
 import engines
 from conftest import ERROR_PREFIX, canonical, check_digest, envsnap, sha256_hex, text
 from engines import HELLO
+from engines import dockerd, podman  # noqa: F401  (module-scoped fixtures)
 
 REF = "e2e/small:v1"
 LABEL_LOCK = "dev.envsnap.lock"
@@ -180,25 +181,6 @@ def exports(snap):
         assert path.is_file(), f"export did not write {path}"
         out[key] = path
     return out
-
-
-@pytest.fixture(scope="module")
-def dockerd(tmp_path_factory):
-    daemon = engines.Dockerd(tmp_path_factory.mktemp("dockerd") / "data")
-    daemon.start()
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-
-
-@pytest.fixture(scope="module")
-def podman(tmp_path_factory):
-    engine = engines.Podman(tmp_path_factory.mktemp("podman") / "storage")
-    try:
-        yield engine
-    finally:
-        engine.stop()
 
 
 @pytest.fixture

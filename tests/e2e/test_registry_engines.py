@@ -15,6 +15,7 @@ import engines
 from conftest import Layout, canonical, check_digest, sha256_hex, text
 from engines import HELLO
 from registry_fixtures import Client, Registry
+from engines import dockerd, podman  # noqa: F401  (module-scoped fixtures)
 
 REF = "team/app:v1"
 REPO = "team/app"
@@ -85,25 +86,6 @@ def pushed(work, client, registry):
     assert text(proc.stdout) == f"{dest} {manifest_digest}\n"
     assert registry.manifest_digest(REPO, "v1") == manifest_digest
     return Pushed(store, dest, manifest_digest, doc)
-
-
-@pytest.fixture(scope="module")
-def dockerd(tmp_path_factory):
-    daemon = engines.Dockerd(tmp_path_factory.mktemp("dockerd") / "data")
-    daemon.start()
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-
-
-@pytest.fixture(scope="module")
-def podman(tmp_path_factory):
-    engine = engines.Podman(tmp_path_factory.mktemp("podman") / "storage")
-    try:
-        yield engine
-    finally:
-        engine.stop()
 
 
 # ---- docker ----------------------------------------------------------------------------
