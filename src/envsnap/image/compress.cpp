@@ -1,6 +1,6 @@
 #include "envsnap/image/compress.hpp"
 
-#include <isa-l/igzip_lib.h>
+#include <zlib.h>
 #include <zstd.h>
 
 #include <algorithm>
@@ -18,45 +18,28 @@ namespace envsnap::image {
 
 namespace {
 
-// The level-1 buffer size decides where ISA-L ends its deflate blocks: it is part
-// of the output format, so it is pinned here rather than taken from a default.
-constexpr size_t isal_level_buf_size = ISAL_DEF_LVL1_LARGE;
 constexpr int zstd_level = 3;
 
-// ISA-L's deflate (2.30) gives other valid bytes for some 1 MiB blocks when blocks
-// are compressed by more than one worker: threads, threads with every call
-// serialised, and single-threaded worker processes all did, in some runs, on the
-// PyTorch root; one thread compressing every block in order gave the same bytes in
-// every run. The cause was not found (docs/determinism.md). Deterministic output
-// matters more than parallel gzip: gzip blocks are compressed in order by the
-// producing thread, while zstd frames stay parallel.
-std::mutex isal_mutex;
-
+// gzip members come from zlib at level 1. ISA-L (the first choice: several times
+// faster) gave other valid bytes for the same input in some runs, with one thread as
+// well as with several (docs/determinism.md); zlib's output depends only on the input
+// and its parameters, on every CPU.
 util::Result<void> gzip_member(const void* data, size_t size, std::string& out) {
-  std::lock_guard serial(isal_mutex);
-  thread_local std::vector<uint8_t> level_buf(isal_level_buf_size);
-  std::fill(level_buf.begin(), level_buf.end(), uint8_t{0});
-  isal_zstream s;
-  isal_deflate_init(&s);
-  s.level = 1;
-  s.level_buf = level_buf.data();
-  s.level_buf_size = static_cast<uint32_t>(level_buf.size());
-  s.gzip_flag = IGZIP_GZIP;  // header: no name, mtime 0, xfl 0, OS 255
-  s.flush = NO_FLUSH;
-  s.end_of_stream = 1;
-  s.next_in = const_cast<uint8_t*>(static_cast<const uint8_t*>(data));
-  s.avail_in = static_cast<uint32_t>(size);
-  out.resize(size + size / 8 + 1024);
-  size_t used = 0;
-  while (true) {
-    s.next_out = reinterpret_cast<uint8_t*>(out.data()) + used;
-    s.avail_out = static_cast<uint32_t>(out.size() - used);
-    int rc = isal_deflate(&s);
-    if (rc != COMP_OK) return util::Error{fmt::format("gzip compression failed (ISA-L error {})", rc)};
-    used = out.size() - s.avail_out;
-    if (s.internal_state.state == ZSTATE_END) break;
-    out.resize(out.size() * 2);
-  }
+  z_stream z{};
+  if (deflateInit2(&z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+    return util::Error{"gzip compression failed (zlib deflateInit2)"};
+  gz_header header{};
+  header.os = 255;  // no name, mtime 0, OS unknown: nothing of this machine
+  deflateSetHeader(&z, &header);
+  out.resize(deflateBound(&z, static_cast<uLong>(size)));
+  z.next_in = const_cast<Bytef*>(static_cast<const Bytef*>(data));
+  z.avail_in = static_cast<uInt>(size);
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(out.size());
+  int rc = deflate(&z, Z_FINISH);
+  size_t used = out.size() - z.avail_out;
+  deflateEnd(&z);
+  if (rc != Z_STREAM_END) return util::Error{fmt::format("gzip compression failed (zlib error {})", rc)};
   out.resize(used);
   return {};
 }
@@ -89,16 +72,7 @@ struct Job {
 
 }  // namespace
 
-std::string gzip_cpu_caveat() {
-#if defined(__x86_64__)
-  if (__builtin_cpu_supports("sse4.2")) return {};
-  return "this CPU lacks SSE4.2 (x86-64-v2): ISA-L's fallback gives gzip layers other bytes (and digests) than "
-         "other CPUs; use zstd compression for layers that match other machines";
-#else
-  return "ISA-L on this architecture is not known to give the x86-64 gzip bytes; use zstd compression for "
-         "layers that match other machines";
-#endif
-}
+std::string gzip_cpu_caveat() { return {}; }
 
 util::Result<void> compress_block(Compression c, const void* data, size_t size, std::string& out) {
   return c == Compression::gzip ? gzip_member(data, size, out) : zstd_frame(data, size, out);
@@ -123,7 +97,6 @@ struct BlockCompressor::Impl {
 
   Impl(Compression c, unsigned t, Sink& o) : compression(c), threads(t), out(o) {
     if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
-    if (compression == Compression::gzip) threads = 1;  // see gzip_member
     current.reserve(compress_block_size);
     if (threads > 1)
       for (unsigned i = 0; i < threads; ++i) workers.emplace_back([this] { work(); });

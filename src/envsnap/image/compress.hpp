@@ -1,6 +1,6 @@
 #pragma once
 // Block compression for layer blobs: the input is cut into fixed blocks of
-// block_size bytes and each block becomes an independent gzip member (ISA-L,
+// block_size bytes and each block becomes an independent gzip member (zlib,
 // level 1, header without time or name) or zstd frame (level 3, checksum), so the
 // output is the same for every thread count. See docs/determinism.md for CPUs.
 
