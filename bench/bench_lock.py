@@ -58,12 +58,13 @@ def fixture_root():
     return out.stdout.decode().strip().splitlines()[-1]
 
 
-def write_section(path, section):
-    block = f"{BEGIN}\n{section}{END}\n"
+def write_section(path, section, begin=BEGIN, end=END):
+    """Replaces the text between a benchmark's markers in `path`, or appends it."""
+    block = f"{begin}\n{section}{end}\n"
     old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
         new = head + block + ("\n" + tail if tail else "")
     else:
         new = old.rstrip("\n") + "\n\n" + block

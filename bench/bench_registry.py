@@ -34,26 +34,13 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lock import SOURCE_DIR, cpu_model, fixture_root  # noqa: E402
+from bench_lock import SOURCE_DIR, cpu_model, fixture_root, write_section  # noqa: E402
 
 BEGIN = "<!-- bench_registry:begin -->"
 END = "<!-- bench_registry:end -->"
 REGISTRY_BIN = "/usr/bin/docker-registry"
 SECOND_PUSH_TARGET = 0.5
 TAG = "bench/torch:v1"
-
-
-def write_section(path, section):
-    """Replaces the text between this benchmark's markers in `path`, or appends it."""
-    block = f"{BEGIN}\n{section}{END}\n"
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        new = head + block + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    path.write_text(new, encoding="utf-8")
 
 
 def free_port():
@@ -238,7 +225,7 @@ def main():
                f"A ratio below 1 means envsnap took less time than skopeo. Target for the second "
                f"push: at most {SECOND_PUSH_TARGET} s ({verdict}: {second:.2f} s).\n")
     if not args.no_write:
-        write_section(Path(args.output), section)
+        write_section(Path(args.output), section, BEGIN, END)
         print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
