@@ -26,16 +26,15 @@ namespace {
 constexpr int exit_usage = 2;
 constexpr int exit_store = 3;
 
-struct NetFlags {
-  bool tls_verify = true;
-  std::string ca_cert;
-};
+}  // namespace
 
 void add_net_options(CLI::App& cmd, NetFlags& f) {
   cmd.add_flag("--tls-verify", f.tls_verify,
                "Verify TLS certificates (--tls-verify=false skips verification and allows plain HTTP)");
   cmd.add_option("--ca-cert", f.ca_cert, "CA certificates (PEM) to trust instead of the system's (default: $SSL_CERT_FILE)");
 }
+
+namespace {
 
 registry::TlsOptions tls_of(const NetFlags& f) { return registry::TlsOptions{f.tls_verify, f.ca_cert}; }
 
@@ -76,6 +75,31 @@ std::string prompt_password() {
 }
 
 }  // namespace
+
+PulledImage pull_remote(const std::string& src_text, const std::string& tag, const std::string& store_flag,
+                        const NetFlags& net, bool quiet) {
+  auto src = parse_remote(src_text);
+  oci::Reference local;
+  if (!tag.empty()) {
+    auto t = oci::parse_reference(tag);
+    if (!t) throw util::Fatal(exit_usage, t.message());
+    if (t->digest) throw util::Fatal(exit_usage, fmt::format("-t {}: give NAME:TAG, not a digest", tag));
+    local = *t;
+  } else {
+    local.name = src.repository;
+    local.tag = src.digest ? "sha256-" + src.digest->hex() : src.tag;
+  }
+  auto s = open_store(store_flag, store::OpenMode::create_if_missing);
+  auto lock = s.lock_shared();
+  if (!lock) throw util::Fatal(exit_store, lock.message());
+  registry::Client client(src.host, tls_of(net),
+                          registry::find_credentials(src.host, registry::credential_sources_from_env()));
+  client.ping(false);
+  registry::TransferOptions topts{!quiet && ::isatty(2) == 1};
+  auto res = registry::pull_image(s, src, client, topts);
+  if (auto r = s.tag(local, res.manifest); !r) throw util::Fatal(exit_store, r.message());
+  return PulledImage{src, local.name + ":" + local.tag, res};
+}
 
 void add_registry_verbs(CLI::App& app, int* exit_code) {
   {
@@ -134,27 +158,10 @@ void add_registry_verbs(CLI::App& app, int* exit_code) {
     cmd->add_flag("--json", o->json, "Print {reference, name, digest, media_type, fetched, already_there} as JSON");
     cmd->add_flag("--quiet,-q", o->quiet, "No progress and no summary on stderr");
     cmd->callback([o, exit_code] {
-      auto src = parse_remote(o->src);
-      oci::Reference local;
-      if (!o->tag.empty()) {
-        auto t = oci::parse_reference(o->tag);
-        if (!t) throw util::Fatal(exit_usage, t.message());
-        if (t->digest) throw util::Fatal(exit_usage, fmt::format("-t {}: give NAME:TAG, not a digest", o->tag));
-        local = *t;
-      } else {
-        local.name = src.repository;
-        local.tag = src.digest ? "sha256-" + src.digest->hex() : src.tag;
-      }
-      auto s = open_store(o->store, store::OpenMode::create_if_missing);
-      auto lock = s.lock_shared();
-      if (!lock) throw util::Fatal(exit_store, lock.message());
-      registry::Client client(src.host, tls_of(o->net),
-                              registry::find_credentials(src.host, registry::credential_sources_from_env()));
-      client.ping(false);
-      registry::TransferOptions topts{!o->quiet && ::isatty(2) == 1};
-      auto res = registry::pull_image(s, src, client, topts);
-      if (auto r = s.tag(local, res.manifest); !r) throw util::Fatal(exit_store, r.message());
-      std::string name = local.name + ":" + local.tag;
+      auto pulled = pull_remote(o->src, o->tag, o->store, o->net, o->quiet);
+      auto& src = pulled.source;
+      auto& res = pulled.result;
+      auto& name = pulled.name;
       if (o->json) {
         nlohmann::json j = {{"reference", src.str()},           {"name", name},
                             {"digest", res.manifest.digest.str()}, {"media_type", res.manifest.media_type},

@@ -6,6 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include "envsnap/lock/lock.hpp"
+#include "envsnap/registry/reference.hpp"
+#include "envsnap/registry/transfer.hpp"
 
 namespace envsnap::cli {
 
@@ -20,6 +22,26 @@ void add_registry_verbs(CLI::App& app, int* exit_code); // push, pull, login, lo
 
 // The --store option every store verb takes; resolved with store::default_store_path.
 void add_store_option(CLI::App& cmd, std::string& store_flag);
+
+void add_run(CLI::App& app, int* exit_code);            // cli/run.cpp
+
+// --tls-verify and --ca-cert, as every verb that talks to a registry takes them.
+struct NetFlags {
+  bool tls_verify = true;
+  std::string ca_cert;
+};
+void add_net_options(CLI::App& cmd, NetFlags& f);
+
+// Pulls SRC (a registry reference) into the store and tags it TAG (default: the
+// repository and tag without the host). Failures throw util::Fatal with the
+// network (4), auth (5), corrupt (6) or store (3) exit code.
+struct PulledImage {
+  registry::RegistryReference source;
+  std::string name;  // the local NAME:TAG
+  registry::PullResult result;
+};
+PulledImage pull_remote(const std::string& src, const std::string& tag, const std::string& store_flag,
+                        const NetFlags& net, bool quiet);
 
 // Writes bytes to PATH atomically (temporary file, fsync, rename); "-" is stdout.
 void write_output(const std::string& path, const std::string& bytes);

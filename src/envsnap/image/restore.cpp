@@ -80,6 +80,32 @@ Result<ImageBlobs> read_image(const store::Store& store, std::string_view ref, F
   return out;
 }
 
+Result<std::vector<ImageLayer>> image_layers(const ImageBlobs& image) {
+  std::vector<ImageLayer> out;
+  for (auto& l : image.manifest_json["layers"]) {
+    auto d = oci::Descriptor::from_json(l, "a layer of the manifest");
+    if (!d) return Error{d.message()};
+    if (!is_layer_media_type(d->media_type))
+      return Error{fmt::format("layer {} has media type {}, which envsnap cannot unpack", d->digest.str(), d->media_type)};
+    out.push_back({std::move(*d), oci::Digest{}});
+  }
+  std::vector<oci::Digest> diff_ids;
+  auto& cfg = image.config_json;
+  if (cfg.contains("rootfs") && cfg["rootfs"].is_object() && cfg["rootfs"].contains("diff_ids") &&
+      cfg["rootfs"]["diff_ids"].is_array()) {
+    for (auto& d : cfg["rootfs"]["diff_ids"]) {
+      auto parsed = d.is_string() ? oci::Digest::parse(d.get<std::string>())
+                                  : Result<oci::Digest>(Error{"a diff_id is not a string"});
+      if (!parsed) return Error{fmt::format("the image config's rootfs.diff_ids: {}", parsed.message())};
+      diff_ids.push_back(std::move(*parsed));
+    }
+  }
+  if (diff_ids.size() != out.size())
+    return Error{fmt::format("the image has {} layers but its config lists {} diff_ids", out.size(), diff_ids.size())};
+  for (size_t i = 0; i < out.size(); ++i) out[i].diff_id = std::move(diff_ids[i]);
+  return out;
+}
+
 Result<oci::Descriptor> restore_image(const store::Store& store, std::string_view ref, const fs::path& dir,
                                       const RestoreOptions& options, FailureKind* kind) {
   auto fail = [&](FailureKind k, std::string message) -> Result<oci::Descriptor> {
@@ -90,29 +116,14 @@ Result<oci::Descriptor> restore_image(const store::Store& store, std::string_vie
   auto image = read_image(store, ref, &read_kind);
   if (!image) return fail(read_kind, image.message());
 
+  auto layer_list = image_layers(*image);
+  if (!layer_list) return fail(FailureKind::other, layer_list.message());
   std::vector<oci::Descriptor> layers;
-  for (auto& l : image->manifest_json["layers"]) {
-    auto d = oci::Descriptor::from_json(l, "a layer of the manifest");
-    if (!d) return fail(FailureKind::other, d.message());
-    if (!is_layer_media_type(d->media_type))
-      return fail(FailureKind::other, fmt::format("layer {} has media type {}, which restore cannot unpack",
-                                                  d->digest.str(), d->media_type));
-    layers.push_back(std::move(*d));
-  }
   std::vector<oci::Digest> diff_ids;
-  auto& cfg = image->config_json;
-  if (cfg.contains("rootfs") && cfg["rootfs"].is_object() && cfg["rootfs"].contains("diff_ids") &&
-      cfg["rootfs"]["diff_ids"].is_array()) {
-    for (auto& d : cfg["rootfs"]["diff_ids"]) {
-      auto parsed = d.is_string() ? oci::Digest::parse(d.get<std::string>())
-                                  : Result<oci::Digest>(Error{"a diff_id is not a string"});
-      if (!parsed) return fail(FailureKind::other, fmt::format("the image config's rootfs.diff_ids: {}", parsed.message()));
-      diff_ids.push_back(std::move(*parsed));
-    }
+  for (auto& l : *layer_list) {
+    layers.push_back(l.blob);
+    diff_ids.push_back(l.diff_id);
   }
-  if (diff_ids.size() != layers.size())
-    return fail(FailureKind::other, fmt::format("the image has {} layers but its config lists {} diff_ids",
-                                                layers.size(), diff_ids.size()));
 
   if (auto r = check_destination(dir); !r) return fail(FailureKind::other, r.message());
   fs::path parent = dir.has_parent_path() ? dir.parent_path() : fs::path(".");

@@ -34,4 +34,12 @@ struct ImageBlobs {
 };
 util::Result<ImageBlobs> read_image(const store::Store& store, std::string_view ref, FailureKind* kind);
 
+// The layers of an image, bottom first, each with its diff_id from the config; an
+// error when a media type is not a layer envsnap unpacks or the counts differ.
+struct ImageLayer {
+  oci::Descriptor blob;
+  oci::Digest diff_id;
+};
+util::Result<std::vector<ImageLayer>> image_layers(const ImageBlobs& image);
+
 }  // namespace envsnap::image

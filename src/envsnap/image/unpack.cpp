@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <isa-l/igzip_lib.h>
 #include <linux/openat2.h>
+#include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/xattr.h>
@@ -323,6 +324,7 @@ private:
   Result<void> clear_slot(int parent, const std::string& name, bool keep_dir, std::string_view raw);
   Result<void> whiteout(const std::vector<std::string>& comps, std::string_view raw);
   Result<void> opaque(int dirfd, const std::string& prefix, std::string_view raw);
+  Result<void> overlay_whiteout(const std::vector<std::string>& comps, std::string_view raw);
   Result<void> write_data(struct archive* a, int fd, std::string_view raw, int64_t size);
   Result<void> set_xattrs(struct archive_entry* e, int fd, const std::string& proc_path, std::string_view raw);
   Result<void> set_owner(int parent, const std::string& name, struct archive_entry* e, std::string_view raw);
@@ -440,6 +442,25 @@ Result<void> Unpacker::whiteout(const std::vector<std::string>& comps, std::stri
   return {};
 }
 
+Result<void> Unpacker::overlay_whiteout(const std::vector<std::string>& comps, std::string_view raw) {
+  const std::string& last = comps.back();
+  if (last != kOpaque && last.rfind(".wh..wh.", 0) == 0) return {};  // other AUFS metadata
+  auto parent = open_parent(comps, raw, true);
+  if (!parent) return parent.error();
+  if (last == kOpaque) {
+    UniqueFd dir(::openat(parent->get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!dir || ::fsetxattr(dir.get(), "trusted.overlay.opaque", "y", 1, 0) != 0)
+      return fail(raw, "cannot mark the directory opaque (trusted.overlay.opaque needs root)", errno);
+    return {};
+  }
+  std::string name = last.substr(kWhiteoutPrefix.size());
+  if (name.empty() || name == "." || name == "..") return refuse(raw, "the whiteout names no entry of its directory");
+  if (auto r = clear_slot(parent->get(), name, false, raw); !r) return r;
+  if (::mknodat(parent->get(), name.c_str(), S_IFCHR | 0, makedev(0, 0)) != 0)
+    return fail(raw, "cannot create the overlay whiteout (a 0/0 character device needs root)", errno);
+  return {};
+}
+
 Result<void> Unpacker::write_data(struct archive* a, int fd, std::string_view raw, int64_t size) {
   const void* buf = nullptr;
   size_t len = 0;
@@ -521,6 +542,8 @@ Result<void> Unpacker::entry(struct archive* a, struct archive_entry* e) {
 
   if (!comps.empty() && m_options.whiteouts == Whiteouts::apply && comps.back().rfind(kWhiteoutPrefix, 0) == 0)
     return whiteout(comps, raw);
+  if (!comps.empty() && m_options.whiteouts == Whiteouts::overlay && comps.back().rfind(kWhiteoutPrefix, 0) == 0)
+    return overlay_whiteout(comps, raw);
 
   if (!hardlink && (type == AE_IFCHR || type == AE_IFBLK)) return refuse(raw, "device nodes are not unpacked");
   if (!hardlink && type != AE_IFREG && type != AE_IFDIR && type != AE_IFLNK && type != AE_IFIFO)

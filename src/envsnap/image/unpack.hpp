@@ -15,7 +15,10 @@
 
 namespace envsnap::image {
 
-enum class Whiteouts { apply, keep_as_files };
+// apply: delete what a whiteout hides (one directory for all layers); keep_as_files:
+// store .wh. entries as they are; overlay: write them as overlayfs expects of a lower
+// layer (a 0/0 character device, trusted.overlay.opaque=y on an opaque directory).
+enum class Whiteouts { apply, keep_as_files, overlay };
 enum class Ownership { keep_numeric, current_user };
 
 struct UnpackOptions {

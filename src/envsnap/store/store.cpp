@@ -735,9 +735,15 @@ util::Result<GcReport> Store::gc() {
     std::vector<fs::path> doomed;
     for (auto it = fs::directory_iterator(kind->path(), ec2); !ec2 && it != fs::directory_iterator(); it.increment(ec2)) {
       std::string name = it->path().filename().string();
-      if (is_hex64(name) && !marked.blobs.count(name) && !marked.diff_ids.count(name)) doomed.push_back(it->path());
+      bool stale_temp = name.rfind("tmp-", 0) == 0;
+      if (stale_temp || (is_hex64(name) && !marked.blobs.count(name) && !marked.diff_ids.count(name)))
+        doomed.push_back(it->path());
     }
     for (auto& p : doomed) {
+      // A run holds a shared flock on each unpacked layer it uses, an unpack on its
+      // temporary directory: those are busy, not garbage.
+      util::UniqueFd busy(::open(p.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
+      if (busy && ::flock(busy.get(), LOCK_EX | LOCK_NB) != 0) continue;
       uint64_t bytes = tree_bytes(p);
       std::error_code ec3;
       // Unpacked trees may hold read-only directories: make them writable before removing.

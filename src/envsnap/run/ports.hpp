@@ -1,0 +1,42 @@
+#pragma once
+// -p HOST:CTR for a container in a network namespace of its own: envsnap listens on
+// the host port and, for each connection, opens one from inside the container's
+// namespace (setns in the connection's thread) to 127.0.0.1:CTR, then copies bytes
+// both ways. A userspace proxy, as docker-proxy is: no iptables, no bridge.
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "envsnap/run/spec.hpp"
+#include "envsnap/util/fd.hpp"
+#include "envsnap/util/result.hpp"
+
+namespace envsnap::run {
+
+// A listening socket for the host side of P; the error names the flag and the address.
+util::Result<util::UniqueFd> listen_port(const PortMap& p);
+
+class PortProxy {
+public:
+  // LISTENERS[i] is listen_port(PORTS[i]); CONTAINER_PID is the container's init.
+  PortProxy(pid_t container_pid, std::vector<PortMap> ports, std::vector<util::UniqueFd> listeners);
+  ~PortProxy();
+  PortProxy(const PortProxy&) = delete;
+  PortProxy& operator=(const PortProxy&) = delete;
+
+  // Opens the container's network namespace and starts accepting.
+  util::Result<void> start();
+  // Stops accepting and closes every connection.
+  void stop();
+
+private:
+  struct State;
+  std::shared_ptr<State> m_state;
+  std::vector<std::thread> m_threads;
+};
+
+}  // namespace envsnap::run
