@@ -234,10 +234,11 @@ class Podman:
     """podman with its own storage (`root`, vfs driver), a short --runroot/--tmpdir, and
     its own containers.conf, storage.conf, registries.conf and signature policy."""
 
-    def __init__(self, root):
+    def __init__(self, root, driver="vfs"):
         if not os.access(PODMAN, os.X_OK):
             pytest.fail(f"{PODMAN} is missing (Debian package podman)")
         self.root = Path(root)
+        self.driver = driver
         self.root.mkdir(parents=True, exist_ok=True)
         self.run_dir = short_dir()
         self.runroot = self.run_dir / "r"
@@ -259,7 +260,7 @@ class Podman:
         self.storage_conf = conf / "storage.conf"
         self.storage_conf.write_text(
             "[storage]\n"
-            'driver = "vfs"\n'
+            f'driver = "{driver}"\n'
             f'graphroot = "{self.root}"\n'
             f'runroot = "{self.runroot}"\n', encoding="utf-8")
         self.registries_conf = conf / "registries.conf"
@@ -283,7 +284,7 @@ class Podman:
 
     def podman(self, *args, check=True, timeout=180):
         cmd = [PODMAN, "--root", self.root, "--runroot", self.runroot,
-               "--tmpdir", self.tmpdir, "--storage-driver", "vfs",
+               "--tmpdir", self.tmpdir, "--storage-driver", self.driver,
                "--cgroup-manager", "cgroupfs", "--events-backend", "file", *args]
         return run_tool(cmd, env=self.env(), check=check, timeout=timeout)
 

@@ -104,7 +104,6 @@ json bundle_config(const BundleSpec& spec) {
       {"maskedPaths", kMaskedPaths},
       {"readonlyPaths", kReadonlyPaths},
       {"resources", {{"devices", device_rules}}},
-      {"rootfsPropagation", "rprivate"},
   };
   if (!devices.empty()) linux["devices"] = devices;
 

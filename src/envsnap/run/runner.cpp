@@ -150,7 +150,7 @@ ResolvedImage resolve_image(const RunRequest& req) {
   if (!s) fail(s.message());
   image::FailureKind kind = image::FailureKind::other;
   auto blobs = image::read_image(*s, ref, &kind);
-  if (!blobs) fail(fmt::format("{}; `envsnap ls` lists the snapshots of this store", blobs.message()));
+  if (!blobs) fail(blobs.message());
   ResolvedImage out{std::move(*s), std::move(*blobs), req.ref, {}};
   if (auto list = out.store.list())
     for (const auto& t : *list)

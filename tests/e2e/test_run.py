@@ -1,0 +1,429 @@
+"""`envsnap run` end to end on the PyTorch root: the same training result as a chroot of
+the original root under runc, crun and podman; the run flags; exit codes and signals;
+the layer cache and gc; bad input (125/127) with nothing left mounted; ports; a TTY;
+the copy fallback; and a registry reference pulled first."""
+
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import engines
+from conftest import ENVSNAP_BIN, base_env, envsnap, shared_schemas, text
+from registry_fixtures import Client, Registry, free_port
+
+TRAIN_PY = r'''
+import torch
+torch.manual_seed(0)
+torch.set_num_threads(1)
+X = torch.randn(256, 16)
+w = torch.randn(16, 1)
+y = X @ w + 0.1 * torch.randn(256, 1)
+model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+for step in range(50):
+    opt.zero_grad()
+    loss = torch.nn.functional.mse_loss(model(X), y)
+    loss.backward()
+    opt.step()
+print(f"final loss {loss.item()!r}")
+'''
+
+REF = "torch-run:v1"
+
+
+def mounts():
+    return set(Path("/proc/mounts").read_text().splitlines())
+
+
+@pytest.fixture(scope="module")
+def snap(torch_root, tmp_path_factory):
+    store = tmp_path_factory.mktemp("run-store")
+    envsnap("capture", torch_root, "-t", REF, "--store", store, "--quiet", timeout=900)
+    return store
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("work")
+    (d / "train.py").write_text(TRAIN_PY, encoding="utf-8")
+    os.chmod(d, 0o755)
+    return d
+
+
+def run_env(store, extra=None):
+    env = {"ENVSNAP_STORE": str(store)}
+    env.update(extra or {})
+    return env
+
+
+def erun(store, *args, env=None, timeout=600):
+    """envsnap run ARGS with the module's store; never fails by itself."""
+    return envsnap("run", *args, env=run_env(store, env), check=False, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def chroot_loss(torch_root, workdir):
+    """The training in a chroot of the original root (a private mount namespace binds
+    the script's directory and /proc, so the cached root is not changed)."""
+    script = (f"mount --bind {workdir} {torch_root}/mnt && mount -t proc proc {torch_root}/proc && "
+              f"exec chroot {torch_root} /usr/bin/python3 /mnt/train.py")
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
+    assert proc.returncode == 0, text(proc.stderr)
+    out = text(proc.stdout).strip()
+    assert out.startswith("final loss "), out
+    return out
+
+
+def layer_hexes(store, ref=REF):
+    idx = json.loads((Path(store) / "index.json").read_bytes())
+    for m in idx["manifests"]:
+        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == ref:
+            man = json.loads((Path(store) / "blobs/sha256" / m["digest"].split(":")[1]).read_bytes())
+            cfg = json.loads((Path(store) / "blobs/sha256" / man["config"]["digest"].split(":")[1]).read_bytes())
+            return {d.split(":")[1] for d in cfg["rootfs"]["diff_ids"]}
+    raise AssertionError(f"{ref} not in {store}")
+
+
+def cache_entries(store):
+    d = Path(store) / ".envsnap/cache/unpacked"
+    return {p.name for p in d.iterdir()} if d.is_dir() else set()
+
+
+def runs(store):
+    d = Path(store) / ".envsnap/runs"
+    return sorted(d.iterdir(), key=lambda p: p.stat().st_mtime) if d.is_dir() else []
+
+
+# ---- the same result as the original root ------------------------------------------
+
+@pytest.mark.parametrize("runtime", ["runc", "crun"])
+def test_training_gives_the_chroot_loss(snap, workdir, chroot_loss, runtime):
+    before = mounts()
+    proc = erun(snap, "--rm", "--runtime", runtime, "-v", f"{workdir}:/work", REF, "--", "python3",
+                "/work/train.py")
+    assert proc.returncode == 0, text(proc.stderr)
+    assert text(proc.stdout).strip() == chroot_loss
+    assert mounts() == before
+    # Every layer was unpacked once, and --rm left the cache holding only them.
+    assert cache_entries(snap) == layer_hexes(snap)
+    last = runs(snap)[-1]
+    assert sorted(p.name for p in last.iterdir()) == ["output.log", "record.json"]
+    record = json.loads((last / "record.json").read_text())
+    assert record["exit_code"] == 0 and record["runtime"] == runtime and record["status"] == "exited"
+    assert record["command"] == ["python3", "/work/train.py"]
+    assert chroot_loss in (last / "output.log").read_text()
+
+
+def test_training_under_podman(snap, workdir, chroot_loss, tmp_path_factory):
+    engine = engines.Podman(tmp_path_factory.mktemp("podman") / "storage", driver="overlay")
+    try:
+        env = engine.env()
+        env["ENVSNAP_STORE"] = str(snap)
+        proc = subprocess.run([str(ENVSNAP_BIN), "run", "--rm", "--runtime", "podman", "-v", f"{workdir}:/work",
+                               REF, "--", "python3", "/work/train.py"],
+                              env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=900, cwd="/")
+        assert proc.returncode == 0, text(proc.stderr)
+        assert text(proc.stdout).strip() == chroot_loss
+        # podman passes exit codes through as well.
+        proc = subprocess.run([str(ENVSNAP_BIN), "run", "--rm", "--runtime", "podman", REF, "--", "sh", "-c",
+                               "exit 3"], env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=300, cwd="/")
+        assert proc.returncode == 3, text(proc.stderr)
+    finally:
+        engine.stop()
+
+
+# ---- flags ------------------------------------------------------------------------
+
+def test_bundle_config_is_valid_and_kept_without_rm(snap, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    proc = erun(snap, "-v", f"{data}:/data:ro", "-e", "A=1", "--shm-size", "256m", "--ulimit", "nofile=1024:2048",
+                REF, "--", "true")
+    assert proc.returncode == 0, text(proc.stderr)
+    last = runs(snap)[-1]
+    config = last / "bundle" / "config.json"
+    schemas = shared_schemas()
+    check = subprocess.run(["/usr/bin/python3", str(schemas / "validate.py"),
+                            str(schemas / "oci-runtime" / "config-schema.json"), str(config)],
+                           capture_output=True, timeout=120)
+    assert check.returncode == 0, text(check.stdout + check.stderr)
+    doc = json.loads(config.read_text())
+    assert doc["process"]["args"][:3] == ["/dev/init", "-g", "--"] and doc["process"]["args"][3:] == ["true"]
+    assert "A=1" in doc["process"]["env"]
+    shm = [m for m in doc["mounts"] if m["destination"] == "/dev/shm"][0]
+    assert f"size={256 << 20}" in shm["options"]
+    vol = [m for m in doc["mounts"] if m["destination"] == "/data"][0]
+    assert vol["source"] == str(data) and "ro" in vol["options"]
+    assert {"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 2048} in doc["process"]["rlimits"]
+    init = [m for m in doc["mounts"] if m["destination"] == "/dev/init"][0]
+    assert "ro" in init["options"]
+    # Kept without --rm: the writable layer holds what the run wrote.
+    assert (last / "upper").is_dir() and (last / "bundle").is_dir()
+    subprocess.run(["rm", "-rf", str(last)], check=True)
+
+
+def test_env_workdir_user_and_read_only_volume(snap, tmp_path):
+    ro = tmp_path / "ro"
+    rw = tmp_path / "rw"
+    ro.mkdir()
+    rw.mkdir()
+    os.chmod(rw, 0o777)
+    (ro / "input.txt").write_text("data\n")
+    env_file = tmp_path / "vars.env"
+    env_file.write_text("# training settings\nFROM_FILE=yes\nOVERRIDDEN=file\n\n")
+    script = ("id -u; id -g; pwd; echo $FROM_FILE $OVERRIDDEN $FROM_SHELL; cat /ro/input.txt; "
+              "touch /ro/new 2>/dev/null && echo ro-writable || echo ro-refused; "
+              "echo ckpt > /rw/ckpt.pt && echo rw-ok")
+    proc = erun(snap, "--rm", "-v", f"{ro}:/ro:ro", "-v", f"{rw}:/rw", "--env-file", env_file,
+                "-e", "OVERRIDDEN=flag", "-e", "FROM_SHELL", "-w", "/rw", "-u", "1234:4321", REF, "--", "sh", "-c",
+                script, env={"FROM_SHELL": "passed"})
+    assert proc.returncode == 0, text(proc.stderr)
+    assert text(proc.stdout).splitlines() == ["1234", "4321", "/rw", "yes flag passed", "data", "ro-refused", "rw-ok"]
+    assert not (ro / "new").exists()
+    st = (rw / "ckpt.pt").stat()
+    assert (st.st_uid, st.st_gid) == (1234, 4321)
+
+
+def test_user_by_name_from_the_image(snap):
+    proc = erun(snap, "--rm", "-u", "nobody", REF, "--", "sh", "-c", "id -un; id -u")
+    assert proc.returncode == 0, text(proc.stderr)
+    assert text(proc.stdout).split() == ["nobody", "65534"]
+    proc = erun(snap, "--rm", "-u", "no-such-user", REF, "--", "true")
+    assert proc.returncode == 125
+    assert "no user \"no-such-user\"" in text(proc.stderr)
+
+
+def test_snapshot_environment_then_e_on_top(snap):
+    proc = erun(snap, "--rm", "-e", "PATH=/custom:/usr/bin:/bin", REF, "--", "sh", "-c",
+                "echo $PATH; echo $NVIDIA_DRIVER_CAPABILITIES")
+    assert proc.returncode == 0, text(proc.stderr)
+    lines = text(proc.stdout).splitlines()
+    assert lines[0] == "/custom:/usr/bin:/bin"
+    assert lines[1] == "compute,utility"
+
+
+@pytest.mark.parametrize("command,code", [("exit 0", 0), ("exit 3", 3), ("kill -9 $$", 137)])
+def test_exit_codes(snap, command, code):
+    proc = erun(snap, "--rm", REF, "--", "sh", "-c", command)
+    assert proc.returncode == code, text(proc.stderr)
+
+
+def test_sigterm_stops_the_command_within_seconds(snap):
+    before = {p.name for p in runs(snap)}
+    p = subprocess.Popen([str(ENVSNAP_BIN), "run", "--rm", REF, "--", "python3", "-c",
+                          "import time; time.sleep(600)"],
+                         env=base_env(run_env(snap)), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd="/")
+    try:
+        deadline = time.monotonic() + 120
+        pid_file = None
+        while time.monotonic() < deadline and pid_file is None:
+            for r in runs(snap):
+                if r.name not in before and (r / "container.pid").is_file():
+                    pid_file = r / "container.pid"
+            time.sleep(0.1)
+        assert pid_file is not None, "the container did not start"
+        container_pid = int(pid_file.read_text())
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=20)
+        took = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert rc == 143, text(p.stderr.read())
+    assert took < 5.0, f"took {took:.1f} s"
+    assert not Path(f"/proc/{container_pid}").exists()
+
+
+def test_tty(snap):
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ["ENVSNAP_STORE"] = str(snap)
+        os.execv(str(ENVSNAP_BIN), ["envsnap", "run", "--rm", "-it", REF, "--", "sh", "-c",
+                                    "test -t 0 && test -t 1 && echo both-tty; tty"])
+    out = b""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], 1.0)
+        if not r:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    lines = out.decode(errors="replace").split("\r\n")
+    assert lines[0] == "both-tty", out
+    assert lines[1].startswith("/dev/pts/"), out
+    # Without -t there is no terminal.
+    proc = erun(snap, "--rm", REF, "--", "sh", "-c", "test -t 1 && echo tty || echo no-tty")
+    assert text(proc.stdout).strip() == "no-tty"
+
+
+def test_publish_port_with_a_private_network(snap):
+    port = free_port()
+    p = subprocess.Popen([str(ENVSNAP_BIN), "run", "--rm", "-p", f"127.0.0.1:{port}:8000", REF, "--",
+                          "python3", "-m", "http.server", "8000", "--bind", "127.0.0.1", "--directory", "/etc"],
+                         env=base_env(run_env(snap)), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd="/")
+    try:
+        body = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and body is None:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/os-release", timeout=2).read()
+            except OSError:
+                time.sleep(0.2)
+        assert body is not None, "nothing answered on the published port"
+        assert b"bookworm" in body
+    finally:
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=30)
+    assert rc == 143
+    # The container's own loopback is private: the host port was the proxy's.
+    proc = erun(snap, "--rm", "-p", f"127.0.0.1:{port}:8000", REF, "--", "sh", "-c",
+                "cat /proc/net/dev | grep -c :")
+    assert text(proc.stdout).strip() == "1", text(proc.stdout)  # lo only
+
+
+def test_default_network_is_the_hosts(snap):
+    host_ifaces = sum(1 for l in Path("/proc/net/dev").read_text().splitlines() if ":" in l)
+    proc = erun(snap, "--rm", REF, "--", "sh", "-c", "cat /proc/net/dev | grep -c :")
+    assert int(text(proc.stdout).strip()) == host_ifaces
+
+
+def test_shm_is_large_by_default(snap):
+    proc = erun(snap, "--rm", REF, "--", "sh", "-c", "df -k /dev/shm | tail -1")
+    assert proc.returncode == 0, text(proc.stderr)
+    kib = int(text(proc.stdout).split()[1])
+    mem_kib = int([l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")][0].split()[1])
+    assert kib >= mem_kib // 2 - 1024, (kib, mem_kib)
+    proc = erun(snap, "--rm", "--shm-size", "96m", REF, "--", "sh", "-c", "df -k /dev/shm | tail -1")
+    assert int(text(proc.stdout).split()[1]) == 96 * 1024
+
+
+def test_copy_fallback_without_overlayfs(snap):
+    before = mounts()
+    proc = erun(snap, "--rm", REF, "--", "sh", "-c", "echo copied > /etc/marker; cat /etc/marker",
+                env={"ENVSNAP_ROOTFS": "copy"})
+    assert proc.returncode == 0, text(proc.stderr)
+    assert text(proc.stdout).strip() == "copied"
+    assert "uses a copy of the image" in text(proc.stderr)
+    assert mounts() == before
+    assert sorted(p.name for p in runs(snap)[-1].iterdir()) == ["output.log", "record.json"]
+
+
+def test_writable_layer_is_per_run(snap):
+    proc = erun(snap, "--rm", REF, "--", "sh", "-c", "echo x > /etc/only-this-run")
+    assert proc.returncode == 0
+    proc = erun(snap, "--rm", REF, "--", "sh", "-c", "test -e /etc/only-this-run && echo seen || echo fresh")
+    assert text(proc.stdout).strip() == "fresh"
+
+
+# ---- bad input ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,code,words", [
+    (["no-such-snapshot:v9", "--", "true"], 125, "no image"),
+    (["-v", "/definitely/not/here:/data", REF, "--", "true"], 125, "/definitely/not/here"),
+    (["-v", "data", REF, "--", "true"], 125, "-v data"),
+    (["-v", "/tmp:relative", REF, "--", "true"], 125, "DST must be an absolute path"),
+    (["-p", "80:http", REF, "--", "true"], 125, "-p 80:http"),
+    (["-p", "1.2.3.4:5:6:7", REF, "--", "true"], 125, "-p 1.2.3.4:5:6:7"),
+    (["--shm-size", "lots", REF, "--", "true"], 125, "--shm-size lots"),
+    (["--ulimit", "files=3", REF, "--", "true"], 125, "unknown limit"),
+    (["--runtime", "lxc", REF, "--", "true"], 125, "--runtime lxc"),
+    ([REF, "--", "no-such-command-here"], 127, "no-such-command-here"),
+    ([REF, "--", "/etc/passwd"], 126, "/etc/passwd"),
+])
+def test_bad_input(snap, args, code, words):
+    before = mounts()
+    proc = erun(snap, "--rm", *args)
+    assert proc.returncode == code, text(proc.stderr)
+    assert words in text(proc.stderr), text(proc.stderr)
+    assert mounts() == before
+
+
+def test_no_usable_runtime(snap, tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    before = mounts()
+    proc = erun(snap, "--rm", REF, "--", "true", env={"PATH": str(empty)})
+    assert proc.returncode == 125
+    assert "no usable OCI runtime" in text(proc.stderr)
+    assert mounts() == before
+
+
+def test_runtime_failure_is_125_and_leaves_nothing_mounted(snap, tmp_path):
+    # A runtime that fails before the container starts.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "runc").write_text("#!/bin/sh\necho 'fake runc: cannot start' >&2\nexit 1\n")
+    os.chmod(fake / "runc", 0o755)
+    before = mounts()
+    proc = erun(snap, "--rm", "--runtime", "runc", REF, "--", "true",
+                env={"PATH": f"{fake}:/usr/bin:/bin:/usr/sbin:/sbin"})
+    assert proc.returncode == 125
+    assert "fake runc: cannot start" in text(proc.stderr)
+    assert "runc could not start the container" in text(proc.stderr)
+    assert mounts() == before
+
+
+# ---- the cache and gc -----------------------------------------------------------------
+
+def test_gc_removes_unpacked_layers_no_snapshot_uses(snap, tmp_path):
+    root = tmp_path / "small"
+    engines.make_small_root(root)
+    envsnap("capture", root, "-t", "small-run:v1", "--store", snap, "--quiet")
+    proc = erun(snap, "--rm", "small-run:v1", "--", "cat", "/srv/hello.txt")
+    assert proc.returncode == 0, text(proc.stderr)
+    assert proc.stdout == engines.HELLO
+    small = layer_hexes(snap, "small-run:v1")
+    torch = layer_hexes(snap)
+    assert small | torch <= cache_entries(snap)
+    envsnap("rm", "small-run:v1", "--store", snap)
+    envsnap("gc", "--store", snap)
+    left = cache_entries(snap)
+    assert torch <= left
+    assert not (small - torch) & left
+    assert left == torch
+
+
+def test_registry_reference_is_pulled_first(tmp_path):
+    root = tmp_path / "small"
+    engines.make_small_root(root)
+    store = tmp_path / "store"
+    client = Client(tmp_path / "client")
+    client.run("capture", root, "-t", "hello:v1", "--store", store, "--quiet")
+    registry = Registry(tmp_path / "registry")
+    try:
+        client.run("push", "hello:v1", f"{registry.host}/team/hello:v1", "--store", store, "--quiet")
+        fresh = tmp_path / "fresh-store"
+        proc = client.run("run", "--rm", f"{registry.host}/team/hello:v1", "--store", fresh, "--",
+                          "cat", "/srv/hello.txt", check=False)
+        assert proc.returncode == 0, text(proc.stderr)
+        assert proc.stdout == engines.HELLO
+        listed = text(client.run("ls", "--store", fresh).stdout)
+        assert "team/hello:v1" in listed
+        # An unreachable registry is the run's own failure.
+        proc = client.run("run", "--rm", f"127.0.0.1:{free_port()}/team/hello:v1", "--store", fresh, "--", "true",
+                          check=False)
+        assert proc.returncode == 125
+        assert "cannot pull" in text(proc.stderr)
+    finally:
+        registry.stop()
