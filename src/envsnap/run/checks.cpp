@@ -35,7 +35,8 @@ std::vector<std::string> required_cuda(const json& lock) {
   std::vector<std::string> out;
   auto add = [&](const json& v) {
     if (!v.is_string()) return;
-    auto parts = util::split(v.get<std::string>(), '.');
+    std::string version = v.get<std::string>();
+    auto parts = util::split(version, '.');
     if (parts.size() < 2) return;
     std::string mm = fmt::format("{}.{}", parts[0], parts[1]);
     for (auto& o : out)
