@@ -114,7 +114,9 @@ TEST(Elf, TruncatedAndCorruptedLibrariesFailByName) {
       EXPECT_EQ(r.message().rfind("the-lib: ", 0), 0u) << what << ": " << r.message();
       return true;
     }
-    if (!r->soname.empty()) EXPECT_NE(data.find(r->soname), std::string::npos) << what;
+    if (!r->soname.empty()) {
+      EXPECT_NE(data.find(r->soname), std::string::npos) << what;
+    }
     return false;
   };
   size_t failures = 0, step = bytes.size() / 400 + 1;
