@@ -44,7 +44,7 @@ bool all_digits(std::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
-// Edits shared by every device of the spec; for a spec, `extra` holds the link mounts.
+// The edits every container with GPUs gets, whichever GPUs it has.
 ContainerEdits common_edits(const DriverDiscovery& driver) {
   ContainerEdits e;
   e.env = {std::string(k_visible_void)};

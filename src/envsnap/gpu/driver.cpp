@@ -372,8 +372,6 @@ public:
               [](const GpuNode& a, const GpuNode& b) { return a.index < b.index; });
   }
 
-  const std::string& cuda_dir() const { return m_cuda_dir; }
-
 private:
   const Root& m_root;
   const Root& m_dev;
@@ -418,9 +416,10 @@ void add_uuids(const Root& root, const DiscoverOptions& options, DriverDiscovery
     out.warnings.push_back(fmt::format("NVML reports driver {} but the libraries under {} are {}; "
                                        "reboot or reload the kernel module after a driver upgrade",
                                        info.driver, root.real(), out.driver_version));
+  bool live = root.real() == "/";
   for (const auto& g : info.gpus) {
-    // NVML's index is usually the minor number; /proc says for sure when it is there.
-    int minor = g.pci_bus_id.empty() ? -1 : proc_minor(proc_bus_id(g.pci_bus_id));
+    // NVML's index is usually the minor number; the running system's /proc says for sure.
+    int minor = live && !g.pci_bus_id.empty() ? proc_minor(proc_bus_id(g.pci_bus_id)) : -1;
     if (minor < 0) minor = g.index;
     for (auto& node : out.gpus)
       if (node.index == minor) node.uuid = g.uuid;
