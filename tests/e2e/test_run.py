@@ -427,3 +427,141 @@ def test_registry_reference_is_pulled_first(tmp_path):
         assert "cannot pull" in text(proc.stderr)
     finally:
         registry.stop()
+
+
+# ---- GPU injection on a fake driver root ------------------------------------------------
+
+GPU_SCRIPT = r'''
+import ctypes, os, stat, subprocess
+for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia1", "/dev/nvidia-uvm"):
+    if os.path.exists(p):
+        st = os.stat(p)
+        print("node", p, "c" if stat.S_ISCHR(st.st_mode) else "?", os.major(st.st_rdev), os.minor(st.st_rdev))
+    else:
+        print("node", p, "absent")
+print("env", os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("NVIDIA_VISIBLE_DEVICES"))
+cache = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
+for name in ("libcuda.so.1", "libnvidia-ml.so.1"):
+    print("cache", name, sorted(l.split("=> ")[1] for l in cache.splitlines() if l.strip().startswith(name + " ")))
+nvml = ctypes.CDLL("libnvidia-ml.so.1")
+assert nvml.nvmlInit_v2() == 0
+buf = ctypes.create_string_buffer(96)
+assert nvml.nvmlSystemGetDriverVersion(buf, 96) == 0
+print("nvml", buf.value.decode())
+try:
+    open("/usr/local/nvidia/lib64/libcuda.so.535.104.05", "ab")
+    print("driver file writable")
+except OSError as e:
+    print("driver file", e.strerror)
+print("smi", subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout.strip())
+'''
+
+
+@pytest.fixture(scope="module")
+def driver_root(tmp_path_factory):
+    """test_cdi's fake driver root, its libnvidia-ml replaced by the fake NVML (which
+    answers 535.104.05) so the container can load and call it through its soname."""
+    from conftest import FAKE_NVML
+    from test_cdi import VERSION, make_driver_root
+    assert FAKE_NVML.is_file(), f"{FAKE_NVML} is not built"
+    root = make_driver_root(tmp_path_factory.mktemp("driver") / "root", "/usr/local/nvidia/lib64")
+    lib = root / f"usr/local/nvidia/lib64/libnvidia-ml.so.{VERSION}"
+    lib.write_bytes(FAKE_NVML.read_bytes())
+    subprocess.run(["ldconfig", "-r", str(root)], check=True)
+    return root
+
+
+def test_gpus_all_injects_nodes_libraries_and_sonames(snap, driver_root):
+    before = mounts()
+    proc = erun(snap, "--rm", "--gpus", "all", "--driver-root", driver_root, REF, "--", "python3", "-c", GPU_SCRIPT)
+    assert proc.returncode == 0, text(proc.stderr)
+    lines = text(proc.stdout).splitlines()
+    assert lines == [
+        "node /dev/nvidiactl c 195 255",
+        "node /dev/nvidia0 c 195 0",
+        "node /dev/nvidia1 c 195 1",
+        "node /dev/nvidia-uvm c 511 0",
+        "env 0,1 0,1",
+        "cache libcuda.so.1 ['/usr/local/nvidia/lib64/libcuda.so.1']",
+        "cache libnvidia-ml.so.1 ['/usr/local/nvidia/lib64/libnvidia-ml.so.1']",
+        "nvml 535.104.05",
+        "driver file Read-only file system",
+        "smi fake nvidia-smi 0,1",
+    ], text(proc.stderr)
+    assert mounts() == before
+
+
+def test_gpus_device_selects_one_gpu(snap, driver_root):
+    proc = erun(snap, "--rm", "--gpus", "device=1", "--driver-root", driver_root, REF, "--", "python3", "-c",
+                GPU_SCRIPT)
+    assert proc.returncode == 0, text(proc.stderr)
+    lines = text(proc.stdout).splitlines()
+    assert "node /dev/nvidia0 absent" in lines and "node /dev/nvidia1 c 195 1" in lines
+    assert "env 0 1" in lines  # CUDA numbers the one visible GPU 0; the host calls it 1
+    proc = erun(snap, "--rm", "--gpus", "device=7", "--driver-root", driver_root, REF, "--", "true")
+    assert proc.returncode == 125
+    assert "device=7" in text(proc.stderr)
+
+
+def test_gpu_bundle_mounts_exactly_the_driver_read_only(snap, driver_root, tmp_path):
+    from test_cdi import CONTROL_NODES, GPU_NODES, LIBRARIES, VERSION
+    proc = erun(snap, "--print-config", "--gpus", "all", "--driver-root", driver_root, REF, "--", "true")
+    assert proc.returncode == 0, text(proc.stderr)
+    config = json.loads(proc.stdout)
+    path = tmp_path / "config.json"
+    path.write_bytes(proc.stdout)
+    schemas = shared_schemas()
+    check = subprocess.run(["/usr/bin/python3", str(schemas / "validate.py"),
+                            str(schemas / "oci-runtime" / "config-schema.json"), str(path)], capture_output=True)
+    assert check.returncode == 0, text(check.stdout + check.stderr)
+    real = os.path.realpath(driver_root)
+    lib = "/usr/local/nvidia/lib64"
+    expected = {f"/lib/firmware/nvidia/{VERSION}/gsp_ga10x.bin": f"/lib/firmware/nvidia/{VERSION}/gsp_ga10x.bin",
+                "/usr/bin/nvidia-smi": "/usr/bin/nvidia-smi"}
+    for stem, soname in LIBRARIES.items():
+        expected[f"{lib}/{stem}.so.{VERSION}"] = f"{lib}/{stem}.so.{VERSION}"
+        expected[f"{lib}/{soname}"] = f"{lib}/{stem}.so.{VERSION}"
+    driver_mounts = {m["destination"]: m for m in config["mounts"] if m["source"].startswith(real)}
+    assert set(driver_mounts) == set(expected)
+    for dst, m in driver_mounts.items():
+        assert m["source"] == real + expected[dst]
+        assert "ro" in m["options"] and "rw" not in m["options"], m
+    nodes = {(d["path"], d["major"], d["minor"]) for d in config["linux"]["devices"]}
+    assert nodes == {(p, ma, mi) for p, ma, mi, _ in CONTROL_NODES + GPU_NODES}
+    allowed = {(r["major"], r["minor"]) for r in config["linux"]["resources"]["devices"] if r["allow"]}
+    assert allowed == {(ma, mi) for _, ma, mi, _ in CONTROL_NODES + GPU_NODES}
+    hook = config["hooks"]["createContainer"][0]
+    assert hook["args"][:3] == ["ldconfig", "-X", "-r"] and hook["args"][4:] == [lib]
+
+
+def test_gpus_without_a_driver_is_125(snap, tmp_path):
+    empty = tmp_path / "no-driver"
+    empty.mkdir()
+    proc = erun(snap, "--rm", "--gpus", "all", "--driver-root", empty, REF, "--", "true")
+    assert proc.returncode == 125
+    assert "no NVIDIA driver" in text(proc.stderr) and "--gpus none" in text(proc.stderr)
+    # auto (the default) runs without GPUs when there is no driver.
+    proc = erun(snap, "--rm", "--driver-root", empty, REF, "--", "sh", "-c", "ls /dev | grep -c nvidia || true")
+    assert proc.returncode == 0 and text(proc.stdout).strip() == "0"
+
+
+def test_snapshot_needing_a_newer_driver_is_refused_unless_forced(snap, driver_root, tmp_path):
+    root = tmp_path / "cuda13"
+    engines.make_small_root(root)
+    cuda = root / "usr/local/cuda-13.0"
+    cuda.mkdir(parents=True)
+    (cuda / "version.json").write_text(json.dumps({"cuda": {"name": "CUDA SDK", "version": "13.0.96"}}))
+    os.symlink("cuda-13.0", root / "usr/local/cuda")
+    envsnap("capture", root, "-t", "cuda13:v1", "--store", snap, "--quiet")
+    before = mounts()
+    proc = erun(snap, "--rm", "--gpus", "all", "--driver-root", driver_root, "cuda13:v1", "--", "true")
+    assert proc.returncode == 125
+    err = text(proc.stderr)
+    assert "CUDA 13.0" in err and "580" in err and "535.104.05" in err and "--force" in err, err
+    assert mounts() == before
+    proc = erun(snap, "--rm", "--force", "--gpus", "all", "--driver-root", driver_root, "cuda13:v1", "--",
+                "cat", "/srv/hello.txt")
+    assert proc.returncode == 0, text(proc.stderr)
+    assert proc.stdout == engines.HELLO
+    assert "warning (--force)" in text(proc.stderr)
+    envsnap("rm", "cuda13:v1", "--store", snap)

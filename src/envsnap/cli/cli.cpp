@@ -68,6 +68,7 @@ int run(int argc, char** argv) {
   add_export_import(app, &exit_code);
   add_registry_verbs(app, &exit_code);
   add_run(app, &exit_code);
+  add_cdi(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

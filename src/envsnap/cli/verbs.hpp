@@ -19,6 +19,7 @@ void add_store_verbs(CLI::App& app, int* exit_code);    // ls, rm, gc, check (cl
 void add_restore(CLI::App& app, int* exit_code);        // cli/restore.cpp
 void add_export_import(CLI::App& app, int* exit_code);  // export, import (cli/export_import.cpp)
 void add_registry_verbs(CLI::App& app, int* exit_code); // push, pull, login, logout (cli/registry_verbs.cpp)
+void add_cdi(CLI::App& app, int* exit_code);            // cli/cdi.cpp
 
 // The --store option every store verb takes; resolved with store::default_store_path.
 void add_store_option(CLI::App& cmd, std::string& store_flag);

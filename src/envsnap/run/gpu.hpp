@@ -19,9 +19,15 @@ struct GpuPlan {
   std::vector<std::string> env;
   std::vector<DeviceNodeSpec> devices;
   std::vector<BindMount> mounts;
-  std::vector<HookSpec> hooks;
-  std::string engine_flag;            // the --gpus/--device value for docker and podman
+  std::vector<std::string> ldconfig_dirs;  // container folders of the driver's libraries
+  std::vector<std::string> docker_args;    // --gpus=... for docker
+  std::vector<std::string> podman_args;    // --device=nvidia.com/gpu=... for podman (CDI)
 };
+
+// The createContainer hook that rebuilds the container's ld.so.cache with the driver's
+// folders added (ldconfig -X -r ROOTFS DIR...): the host's ldconfig, else the image's
+// (Debian's is static). Runs after the bind mounts, before the command.
+HookSpec ldconfig_hook(const std::string& rootfs, const std::vector<std::string>& dirs);
 
 // FLAG: auto (all GPUs when a driver is found, else none), none, all, N (the first N),
 // or device=I,J / device=UUID,... ; DRIVER_ROOT: where the driver is looked for.

@@ -589,7 +589,7 @@ std::vector<std::string> engine_run_args(const RunRequest& req, const std::vecto
                                          const std::vector<std::string>& extra_env, const std::string& image,
                                          const std::vector<std::string>& command, Engine engine, uint64_t shm,
                                          const std::string& init, const std::string& container_name,
-                                         const std::string& user_text, const std::string& gpus) {
+                                         const std::string& user_text, const std::vector<std::string>& gpu_args) {
   std::vector<std::string> a = {"run", "--rm", "--name", container_name};
   if (!init.empty() && engine == Engine::podman) {
     a.push_back("--init");
@@ -608,10 +608,7 @@ std::vector<std::string> engine_run_args(const RunRequest& req, const std::vecto
   if (req.ipc == "host") a.push_back("--ipc=host");
   else a.push_back(fmt::format("--shm-size={}", shm));
   for (const auto& u : req.ulimits) a.push_back("--ulimit=" + u);
-  if (!gpus.empty()) {
-    if (engine == Engine::docker) a.push_back("--gpus=" + gpus);
-    else a.push_back("--device=nvidia.com/gpu=" + gpus);
-  }
+  a.insert(a.end(), gpu_args.begin(), gpu_args.end());
   a.push_back(image);
   a.insert(a.end(), command.begin(), command.end());
   return a;
@@ -737,10 +734,9 @@ int run(const RunRequest& req) {
       }
       image_ref = id;
     }
-    std::string gpus_arg;
-    if (!gpu->selected.empty()) gpus_arg = gpu->engine_flag;
     auto args = engine_run_args(req, volumes, extra_env, image_ref, command, engine.engine, shm, init,
-                                "envsnap-" + dir.id, req.user, gpus_arg);
+                                "envsnap-" + dir.id, req.user,
+                                engine.engine == Engine::docker ? gpu->docker_args : gpu->podman_args);
     args.insert(args.begin(), engine.path);
     json record = {{"id", dir.id},
                    {"name", req.name},
@@ -794,7 +790,7 @@ int run(const RunRequest& req) {
   spec.volumes = volumes;
   spec.devices = gpu->devices;
   spec.device_mounts = gpu->mounts;
-  spec.create_container_hooks = gpu->hooks;
+
   char host_name[256] = {};
   ::gethostname(host_name, sizeof host_name - 1);
   spec.hostname = !req.name.empty() ? req.name : (spec.host_network ? host_name : "envsnap");
@@ -816,6 +812,7 @@ int run(const RunRequest& req) {
   spec.args.insert(spec.args.end(), command.begin(), command.end());
 
   auto dir = make_run_dir(image.store);
+  if (!gpu->ldconfig_dirs.empty()) spec.create_container_hooks.push_back(ldconfig_hook(dir.rootfs.string(), gpu->ldconfig_dirs));
   if (spec.host_network) {
     for (const char* f : {"/etc/resolv.conf", "/etc/hosts"})
       if (::access(f, R_OK) == 0) spec.host_files.push_back({f, f, true});
