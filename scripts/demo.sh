@@ -1,31 +1,38 @@
 #!/usr/bin/env bash
-# The main job, end to end on real environments: installs and builds envsnap,
-# builds a Debian root with PyTorch standing in for a training server, captures
-# this machine and that root into locks, shows them, and diffs them.
+# The main job, end to end on a real environment: installs and builds envsnap, builds
+# a Debian root with PyTorch standing in for a training server, captures it into a
+# snapshot (lock + OCI image) in the store, shows it, and trains a small model inside
+# the restored snapshot with `envsnap run`, the example code mounted from this checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 root=$(scripts/fixture-torch-root.sh)
 out=${ENVSNAP_DEMO_DIR:-demo-out}
-mkdir -p "$out"
+mkdir -p "$out/ckpt"
+ckpt=$(realpath "$out/ckpt")
 bin=build/envsnap
+ref=demo/torch-train:v1
 
-echo "== envsnap capture / --lock-only (this machine)"
-"$bin" capture / --lock-only -o "$out/host.lock.json" --quiet
-"$bin" show "$out/host.lock.json"
-
-echo
-echo "== envsnap capture <PyTorch root> --lock-only"
-"$bin" capture "$root" --lock-only -o "$out/torch-root.lock.json"
-"$bin" show "$out/torch-root.lock.json"
+echo "== envsnap capture <PyTorch root> -t $ref"
+"$bin" capture "$root" -t "$ref"
 
 echo
-echo "== envsnap diff host torch-root (exit 1 means they differ)"
-"$bin" diff "$out/host.lock.json" "$out/torch-root.lock.json" | head -n 40 || true
+echo "== envsnap show $ref"
+"$bin" show "$ref" | head -n 40
+
+echo
+echo "== envsnap run --rm -v ./examples:/work:ro -v $ckpt:/ckpt $ref -- python3 /work/train.py"
+"$bin" run --rm -v ./examples:/work:ro -v "$ckpt:/ckpt" "$ref" -- python3 /work/train.py
+
+echo
+echo "== envsnap ls"
+"$bin" ls
 
 cat <<MSG
 
-The locks are in $out/. Next:
-  $bin diff $out/torch-root.lock.json $root     # a root against its lock: exit 0 when unchanged
-  $bin show --json $out/host.lock.json          # machine-readable
+The checkpoint is in $ckpt/. Next:
+  $bin export $ref -o torch-train-v1.tar.gz        # docker load / podman load read it
+  $bin push $ref registry.example:5000/team/torch-train:v1
+  $bin run registry.example:5000/team/torch-train:v1 --gpus all -- python3 train.py   # on any GPU host
+  $bin cdi -o /etc/cdi/nvidia.json                 # podman run --device nvidia.com/gpu=all ...
 MSG

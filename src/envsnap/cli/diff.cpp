@@ -55,9 +55,10 @@ void add_help(CLI::App& app, int* exit_code) {
                  "4    network error (registry unreachable, connection reset, timeout after retries)\n"
                  "5    authentication failed (wrong credentials, no permission)\n"
                  "6    corrupt content (a blob or manifest does not match its digest)\n"
-                 "125  run: envsnap itself failed\n"
+                 "125  run: envsnap itself failed before the command started\n"
                  "126  run: the command cannot be executed\n"
-                 "127  run: the command was not found\n");
+                 "127  run: the command was not found\n"
+                 "     run: otherwise the command's own code; 128+N when killed by signal N\n");
     *exit_code = 0;
   });
 }
