@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import engines
+from engines import dockerd  # noqa: F401  (module-scoped fixture)
 from conftest import ENVSNAP_BIN, base_env, envsnap, shared_schemas, text
 from registry_fixtures import Client, Registry, free_port
 
@@ -565,3 +566,25 @@ def test_snapshot_needing_a_newer_driver_is_refused_unless_forced(snap, driver_r
     assert proc.stdout == engines.HELLO
     assert "warning (--force)" in text(proc.stderr)
     envsnap("rm", "cuda13:v1", "--store", snap)
+
+
+def test_docker_runtime(tmp_path, dockerd):
+    root = tmp_path / "small"
+    engines.make_small_root(root)
+    store = tmp_path / "store"
+    envsnap("capture", root, "-t", "small-docker:v1", "--store", store, "--quiet")
+    env = dockerd.env()
+    env.update({"ENVSNAP_STORE": str(store), "DOCKER_HOST": dockerd.host,
+                "PATH": "/usr/bin:/usr/sbin:/bin:/sbin"})  # Debian's docker client, matching its daemon
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.txt").write_text("mounted\n")
+    for _ in range(2):  # the second run finds the image already loaded
+        proc = subprocess.run([str(ENVSNAP_BIN), "run", "--rm", "--runtime", "docker", "-v", f"{data}:/data:ro",
+                               "-e", "GREETING=hi", "small-docker:v1", "--", "sh", "-c",
+                               "cat /srv/hello.txt /data/in.txt; echo $GREETING; exit 3"],
+                              env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=300, cwd="/")
+        assert proc.returncode == 3, text(proc.stderr)
+        assert proc.stdout == engines.HELLO + b"mounted\nhi\n"
+    images = dockerd.docker("images", "-q").stdout
+    assert len(images.split()) == 1
