@@ -13,7 +13,7 @@ packages=(
   python3 python3-pytest python3-jsonschema
   mmdebstrap debian-archive-keyring fuse-overlayfs
   skopeo umoci podman runc crun docker.io busybox-static zstd gzip qemu-user
-  docker-registry apache2-utils openssl
+  docker-registry apache2-utils openssl tini python3-yaml
 )
 
 missing=()
