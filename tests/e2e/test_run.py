@@ -588,3 +588,49 @@ def test_docker_runtime(tmp_path, dockerd):
         assert proc.stdout == engines.HELLO + b"mounted\nhi\n"
     images = dockerd.docker("images", "-q").stdout
     assert len(images.split()) == 1
+
+
+# ---- review findings: docker's semantics and the supervisor's robustness ----------------
+
+def test_words_after_the_command_are_the_commands(snap):
+    proc = erun(snap, "--rm", REF, "echo", "-q", "hello", "-e", "X=1")
+    assert proc.returncode == 0, text(proc.stderr)
+    assert text(proc.stdout) == "-q hello -e X=1\n"
+    proc = erun(snap, "--rm", "--entrypoint", "/bin/echo", REF, "a", "-v", "b")
+    assert text(proc.stdout) == "a -v b\n"
+    proc = erun(snap, "--rm", "--no-such-flag", REF, "--", "true")
+    assert proc.returncode == 125
+
+
+def test_user_semantics_follow_docker(snap):
+    proc = erun(snap, "--rm", "-u", "4242", REF, "--", "sh", "-c", "id -u; id -g; echo $HOME")
+    assert text(proc.stdout).split() == ["4242", "0", "/"]  # unknown uid: group 0, as docker
+    proc = erun(snap, "--rm", "-u", "nobody", REF, "--", "sh", "-c", "echo $HOME")
+    assert text(proc.stdout).strip() == "/nonexistent"  # the passwd entry's home
+
+
+def test_tty_needs_a_terminal(snap):
+    proc = erun(snap, "--rm", "-t", REF, "--", "true")
+    assert proc.returncode == 125
+    assert "-t needs a terminal" in text(proc.stderr)
+
+
+def test_a_reader_going_away_does_not_kill_the_supervisor(snap):
+    before = {p.name for p in runs(snap)}
+    proc = subprocess.run(f"'{ENVSNAP_BIN}' run --rm {REF} -- sh -c 'yes | head -c 2000000; exit 5' | head -c 10",
+                          shell=True, env=base_env(run_env(snap)), stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=300, executable="/bin/bash")
+    assert proc.stdout == b"y\ny\ny\ny\ny\n"
+    new = [r for r in runs(snap) if r.name not in before]
+    assert len(new) == 1
+    record = json.loads((new[0] / "record.json").read_text())
+    assert record["exit_code"] == 5 and record["status"] == "exited"
+    assert sorted(p.name for p in new[0].iterdir()) == ["output.log", "record.json"]
+    assert (new[0] / "output.log").stat().st_size == 2000000
+
+
+def test_layer_cache_is_root_only_and_sys_is_a_fresh_read_only_sysfs(snap):
+    assert (Path(snap) / ".envsnap/cache/unpacked").stat().st_mode & 0o777 == 0o700
+    proc = erun(snap, "--rm", REF, "--", "sh", "-c", "grep ' /sys ' /proc/mounts")
+    fields = text(proc.stdout).split()
+    assert fields[0] == "sysfs" and fields[2] == "sysfs" and "ro" in fields[3].split(","), fields

@@ -179,7 +179,7 @@ TEST(RunBundle, ConfigFollowsTheSpec) {
   EXPECT_EQ(find("/data")["options"], (nlohmann::json{"rbind", "rprivate", "ro", "nosuid", "nodev"}));
   EXPECT_EQ(find("/dev/init")["source"], "/usr/bin/tini-static");
   EXPECT_EQ(find("/usr/lib/x86_64-linux-gnu/libcuda.so.535.104.05")["options"][2], "ro");
-  EXPECT_EQ(find("/sys")["type"], "bind");
+  EXPECT_EQ(find("/sys")["type"], "sysfs");
   EXPECT_EQ(c["linux"]["devices"][0]["major"], 195);
   EXPECT_EQ(c["linux"]["resources"]["devices"][0]["allow"], false);
   EXPECT_EQ(c["linux"]["resources"]["devices"][1]["major"], 195);

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include "envsnap/cli/cli.hpp"
 
 #include <fcntl.h>
@@ -69,11 +70,16 @@ int run(int argc, char** argv) {
   add_registry_verbs(app, &exit_code);
   add_run(app, &exit_code);
   add_cdi(app, &exit_code);
+  std::vector<std::string> args(argv + 1, argv + argc);
+  bool is_run = !args.empty() && args.front() == "run";
+  if (is_run) args = separate_run_command(*app.get_subcommand("run"), args);
+  std::reverse(args.begin(), args.end());  // CLI11 consumes the vector from its back
   try {
-    app.parse(argc, argv);
+    app.parse(args);
   } catch (const CLI::ParseError& e) {
     int rc = app.exit(e);
-    return rc == 0 ? 0 : 2;
+    // run fails as docker run does: 125 when it cannot even start.
+    return rc == 0 ? 0 : is_run ? 125 : 2;
   }
   return exit_code;
 }

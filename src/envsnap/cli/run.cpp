@@ -11,7 +11,11 @@ void add_run(CLI::App& app, int* exit_code) {
   auto* cmd = app.add_subcommand("run", "Run a snapshot: its layers unpacked once, the host's GPUs injected, data "
                                         "mounted, through runc or crun (or podman/docker)");
   cmd->add_option("ref", r->ref, "NAME[:TAG], NAME@sha256:..., or a registry reference (pulled first)")->required();
-  cmd->add_option("command", r->command, "The command and its arguments (after --); default: the image's");
+  cmd->add_option("command", r->command,
+                  "The command and its arguments (everything after REF's first non-option word, or after --); "
+                  "default: the image's");
+  auto entrypoint = std::make_shared<std::string>();
+  auto* ep = cmd->add_option("--entrypoint", *entrypoint, "Replace the image's entrypoint (\"\" clears it)");
   cmd->add_option("--gpus", r->gpus,
                   "GPUs to inject: auto (all when a driver is found), all, none, N, device=0,1 or device=UUID,...")
       ->capture_default_str();
@@ -39,7 +43,31 @@ void add_run(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   add_store_option(*cmd, r->store_flag);
   add_net_options(*cmd, r->net);
-  cmd->callback([r, exit_code] { *exit_code = run::run(*r); });
+  cmd->callback([r, exit_code, entrypoint, ep] {
+    if (ep->count() > 0) r->entrypoint = *entrypoint;
+    *exit_code = run::run(*r);
+  });
+}
+
+std::vector<std::string> separate_run_command(const CLI::App& run, std::vector<std::string> args) {
+  size_t positionals = 0;
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--") return args;
+    if (a.size() > 1 && a[0] == '-') {
+      if (a.find('=') != std::string::npos) continue;  // --name=value
+      const CLI::Option* opt = run.get_option_no_throw(a);
+      // A short option with its value attached (-v/a:/b) or a bundle of flags (-it)
+      // needs no lookahead; an option that takes a value consumes the next word.
+      if (opt != nullptr && opt->get_expected_min() > 0) ++i;
+      continue;
+    }
+    if (++positionals == 2) {
+      args.insert(args.begin() + static_cast<std::ptrdiff_t>(i), "--");
+      return args;
+    }
+  }
+  return args;
 }
 
 }  // namespace envsnap::cli

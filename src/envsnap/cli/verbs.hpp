@@ -25,6 +25,10 @@ void add_cdi(CLI::App& app, int* exit_code);            // cli/cdi.cpp
 void add_store_option(CLI::App& cmd, std::string& store_flag);
 
 void add_run(CLI::App& app, int* exit_code);            // cli/run.cpp
+// `envsnap run REF [flags] CMD ARGS...`: everything from the first word after REF on
+// is the command's, as in docker, so "--" is inserted before it when missing (ARGS is
+// argv without the program name, "run" first).
+std::vector<std::string> separate_run_command(const CLI::App& run, std::vector<std::string> args);
 
 // --tls-verify and --ca-cert, as every verb that talks to a registry takes them.
 struct NetFlags {

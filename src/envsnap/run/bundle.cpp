@@ -70,11 +70,9 @@ json bundle_config(const BundleSpec& spec) {
     mounts.push_back(mount("/dev/shm", "tmpfs", "shm",
                            {"nosuid", "noexec", "nodev", "mode=1777", fmt::format("size={}", spec.shm_bytes)}));
   mounts.push_back(mount("/dev/mqueue", "mqueue", "mqueue", {"nosuid", "noexec", "nodev"}));
-  // A fresh sysfs needs a network namespace of one's own; with the host's, bind it.
-  if (spec.host_network)
-    mounts.push_back(mount("/sys", "bind", "/sys", {"rbind", "rprivate", "nosuid", "noexec", "nodev", "ro"}));
-  else
-    mounts.push_back(mount("/sys", "sysfs", "sysfs", {"nosuid", "noexec", "nodev", "ro"}));
+  // A fresh read-only sysfs, also with the host's network: a recursive bind of the host's
+  // /sys would leave the mounts below it (debugfs, tracefs, bpf...) writable.
+  mounts.push_back(mount("/sys", "sysfs", "sysfs", {"nosuid", "noexec", "nodev", "ro"}));
   mounts.push_back(mount("/sys/fs/cgroup", "cgroup", "cgroup", {"nosuid", "noexec", "nodev", "relatime", "ro"}));
   if (!spec.init_path.empty()) mounts.push_back(bind_mount(spec.init_path, init_mount_path, true, false));
   for (const auto& f : spec.host_files) mounts.push_back(bind_mount(f.source, f.destination, f.read_only, false));

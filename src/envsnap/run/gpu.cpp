@@ -52,21 +52,21 @@ util::Result<GpuPlan> plan_gpus(const std::string& flag, const std::string& driv
   // A soname (libcuda.so.1) is the library mounted once more under that name, as in the CDI spec.
   for (const auto& m : gpu::link_mounts(*driver)) plan.mounts.push_back({m.host_path, m.container_path, true});
   plan.ldconfig_dirs = driver->library_dirs;
+  plan.ldconfig_path = host_ldconfig();
   plan.docker_args = {"--gpus=" + (selection == "all" ? std::string("all") : "device=" + nvidia_visible)};
   for (const auto& name : host_names) plan.podman_args.push_back("--device=nvidia.com/gpu=" + name);
   if (selection == "all") plan.podman_args = {"--device=nvidia.com/gpu=all"};
   return plan;
 }
 
-HookSpec ldconfig_hook(const std::string& rootfs, const std::vector<std::string>& dirs) {
-  std::string path;
+std::string host_ldconfig() {
   for (const char* p : {"/sbin/ldconfig", "/usr/sbin/ldconfig"})
-    if (::access(p, X_OK) == 0) {
-      path = p;
-      break;
-    }
-  if (path.empty()) path = rootfs + "/sbin/ldconfig";
-  HookSpec h{path, {"ldconfig", "-X", "-r", rootfs}};
+    if (::access(p, X_OK) == 0) return p;
+  return "";
+}
+
+HookSpec ldconfig_hook(const std::string& ldconfig, const std::string& rootfs, const std::vector<std::string>& dirs) {
+  HookSpec h{ldconfig, {"ldconfig", "-X", "-r", rootfs}};
   h.args.insert(h.args.end(), dirs.begin(), dirs.end());
   return h;
 }

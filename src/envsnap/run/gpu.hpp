@@ -20,14 +20,19 @@ struct GpuPlan {
   std::vector<DeviceNodeSpec> devices;
   std::vector<BindMount> mounts;
   std::vector<std::string> ldconfig_dirs;  // container folders of the driver's libraries
+  std::string ldconfig_path;               // the host's ldconfig; empty when it has none
   std::vector<std::string> docker_args;    // --gpus=... for docker
   std::vector<std::string> podman_args;    // --device=nvidia.com/gpu=... for podman (CDI)
 };
 
 // The createContainer hook that rebuilds the container's ld.so.cache with the driver's
-// folders added (ldconfig -X -r ROOTFS DIR...): the host's ldconfig, else the image's
-// (Debian's is static). Runs after the bind mounts, before the command.
-HookSpec ldconfig_hook(const std::string& rootfs, const std::vector<std::string>& dirs);
+// folders added (LDCONFIG -X -r ROOTFS DIR...). It runs after the bind mounts, before
+// pivot_root and with every capability, so LDCONFIG is always the host's, never the
+// image's (which would be image code running as host root).
+HookSpec ldconfig_hook(const std::string& ldconfig, const std::string& rootfs, const std::vector<std::string>& dirs);
+
+// The host's ldconfig (/sbin or /usr/sbin); empty when there is none.
+std::string host_ldconfig();
 
 // FLAG: auto (all GPUs when a driver is found, else none), none, all, N (the first N),
 // or device=I,J / device=UUID,... ; DRIVER_ROOT: where the driver is looked for.

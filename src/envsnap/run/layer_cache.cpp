@@ -20,7 +20,12 @@ using util::Error;
 using util::Result;
 using util::UniqueFd;
 
-fs::path unpacked_root(const store::Store& store) { return store.cache_dir("cache/unpacked"); }
+fs::path unpacked_root(const store::Store& store) {
+  // The layers keep their setuid files and capabilities: only root may reach them.
+  fs::path p = store.cache_dir("cache/unpacked");
+  ::chmod(p.c_str(), 0700);
+  return p;
+}
 
 namespace {
 

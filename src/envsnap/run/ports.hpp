@@ -28,14 +28,17 @@ public:
   PortProxy(const PortProxy&) = delete;
   PortProxy& operator=(const PortProxy&) = delete;
 
-  // Opens the container's network namespace and starts accepting.
+  // Starts accepting: one thread per listener, one detached thread per connection.
   util::Result<void> start();
-  // Stops accepting and closes every connection.
+  // Stops accepting, shuts every connection down and waits (5 s at most) for them.
   void stop();
 
-private:
   struct State;
+
+private:
   std::shared_ptr<State> m_state;
+  std::vector<PortMap> m_ports;
+  std::vector<util::UniqueFd> m_listeners;
   std::vector<std::thread> m_threads;
 };
 

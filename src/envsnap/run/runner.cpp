@@ -191,40 +191,57 @@ std::optional<uint32_t> lookup_id(const std::optional<std::string>& file, const 
 
 struct ResolvedUser {
   uint32_t uid = 0, gid = 0;
-  std::vector<uint32_t> groups;
+  std::vector<uint32_t> groups;  // supplementary groups from the image's /etc/group
+  std::string home;              // from the image's /etc/passwd; empty when unknown
 };
 
+// The supplementary groups of NAME in an /etc/group text (gid of each line listing it).
+std::vector<uint32_t> member_groups(const std::optional<std::string>& group, const std::string& name, uint32_t primary) {
+  std::vector<uint32_t> out;
+  if (!group || name.empty()) return out;
+  for (auto line : util::split(*group, '\n')) {
+    auto f = util::split(line, ':');
+    uint32_t gid = 0;
+    if (f.size() < 4 || !parse_id(f[2], gid) || gid == primary) continue;
+    for (auto member : util::split(f[3], ','))
+      if (member == name) {
+        out.push_back(gid);
+        break;
+      }
+  }
+  return out;
+}
+
+// docker's rules: a name must be in the image's /etc/passwd; a number need not be (its
+// group is then 0 unless given); the group defaults to the passwd entry's; the
+// supplementary groups come from /etc/group.
 ResolvedUser resolve_user(const std::string& text, const std::vector<fs::path>& layers) {
   ResolvedUser u;
-  if (text.empty()) return u;
-  auto spec = parse_user(text);
+  auto spec = text.empty() ? Result<UserSpec>(UserSpec{"0", ""}) : parse_user(text);
   if (!spec) fail(spec.message());
   auto passwd = read_image_file(layers, "etc/passwd");
   auto group = read_image_file(layers, "etc/group");
+  // The passwd line of the user, by name or by number.
+  std::string name;
+  bool known = false;
   uint32_t primary = 0;
-  bool have_primary = false;
-  if (parse_id(spec->user, u.uid)) {
-    uint32_t g = 0;
-    // A number that the image knows gets its primary group, as docker does.
-    if (passwd)
-      for (auto line : util::split(*passwd, '\n')) {
-        auto f = util::split(line, ':');
-        uint32_t id = 0;
-        if (f.size() >= 4 && parse_id(f[2], id) && id == u.uid && parse_id(f[3], g)) {
-          primary = g;
-          have_primary = true;
-          break;
-        }
-      }
-  } else {
-    uint32_t g = 0;
-    auto id = lookup_id(passwd, spec->user, &g);
-    if (!id) fail(fmt::format("-u {}: no user \"{}\" in the image's /etc/passwd; give a number (e.g. -u 1000:1000)",
-                              text, spec->user));
-    u.uid = *id;
-    primary = g;
-    have_primary = true;
-  }
+  bool numeric = parse_id(spec->user, u.uid);
+  if (passwd)
+    for (auto line : util::split(*passwd, '\n')) {
+      auto f = util::split(line, ':');
+      uint32_t id = 0, g = 0;
+      if (f.size() < 6 || !parse_id(f[2], id) || !parse_id(f[3], g)) continue;
+      if (numeric ? id != u.uid : f[0] != spec->user) continue;
+      u.uid = id;
+      primary = g;
+      name = std::string(f[0]);
+      u.home = std::string(f[5]);
+      known = true;
+      break;
+    }
+  if (!numeric && !known)
+    fail(fmt::format("-u {}: no user \"{}\" in the image's /etc/passwd; give a number (e.g. -u 1000:1000)", text,
+                     spec->user));
   if (!spec->group.empty()) {
     if (!parse_id(spec->group, u.gid)) {
       auto id = lookup_id(group, spec->group, nullptr);
@@ -232,8 +249,9 @@ ResolvedUser resolve_user(const std::string& text, const std::vector<fs::path>& 
       u.gid = *id;
     }
   } else {
-    u.gid = have_primary ? primary : u.uid;
+    u.gid = known ? primary : 0;
   }
+  u.groups = member_groups(group, name, u.gid);
   return u;
 }
 
@@ -340,28 +358,32 @@ EngineChoice choose_engine(const std::string& flag) {
 class Relay {
 public:
   explicit Relay(int log_fd) : m_log(log_fd) {}
-  // Returns false at end of file.
+  // Returns false at end of file. A stream whose reader went away (EPIPE: `| head`)
+  // is no longer written; the log still gets everything.
   bool pump(int from, int to) {
     char buf[65536];
     ssize_t n = ::read(from, buf, sizeof buf);
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) return true;
     if (n <= 0) return false;
-    write_all(to, buf, static_cast<size_t>(n));
+    bool& closed = to == STDOUT_FILENO ? m_out_closed : m_err_closed;
+    if (!closed) closed = !write_all(to, buf, static_cast<size_t>(n));
     if (m_log >= 0) write_all(m_log, buf, static_cast<size_t>(n));
     return true;
   }
 
 private:
-  static void write_all(int fd, const char* p, size_t n) {
+  static bool write_all(int fd, const char* p, size_t n) {
     while (n > 0) {
       ssize_t w = ::write(fd, p, n);
       if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) return;  // a closed terminal: keep running, the log still gets it
+      if (w <= 0) return false;
       p += w;
       n -= static_cast<size_t>(w);
     }
+    return true;
   }
   int m_log;
+  bool m_out_closed = false, m_err_closed = false;
 };
 
 struct ChildSetup {
@@ -373,6 +395,7 @@ struct ChildSetup {
   fs::path upper, work, rootfs;
   int stdin_fd = -1;              // -1: /dev/null
   int stdout_fd = -1, stderr_fd = -1;
+  std::vector<int> inherited_fds;  // held open by the runtime (the layers' flocks)
   std::vector<std::string> argv;
 };
 
@@ -417,6 +440,9 @@ void child_fail(int err_fd, std::string_view message) {
   if (in < 0 || ::dup2(in, 0) < 0) child_fail(err_fd, "cannot set up stdin");
   if (c.stdout_fd >= 0 && ::dup2(c.stdout_fd, 1) < 0) child_fail(err_fd, "cannot set up stdout");
   if (c.stderr_fd >= 0 && ::dup2(c.stderr_fd, 2) < 0) child_fail(err_fd, "cannot set up stderr");
+  // The runtime keeps the layers' shared flocks for as long as it lives, so a gc cannot
+  // take them even if this supervisor is killed.
+  for (int fd : c.inherited_fds) ::fcntl(fd, F_SETFD, 0);
   for (int s = 1; s < NSIG; ++s) ::signal(s, SIG_DFL);
   ::sigprocmask(SIG_SETMASK, &old_mask, nullptr);
   std::vector<char*> argv;
@@ -445,6 +471,10 @@ struct SuperviseOptions {
 
 Outcome supervise(const ChildSetup& base, const SuperviseOptions& opt) {
   Outcome out;
+  // A reader of our output that goes away must not kill the supervisor; an inherited
+  // "ignore SIGCHLD" would make the runtime's exit status unobtainable.
+  ::signal(SIGPIPE, SIG_IGN);
+  ::signal(SIGCHLD, SIG_DFL);
   sigset_t forwarded, old_mask;
   sigemptyset(&forwarded);
   for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCHLD, SIGCONT})
@@ -514,7 +544,8 @@ Outcome supervise(const ChildSetup& base, const SuperviseOptions& opt) {
     long cpid = 0;
     if (!(in >> cpid) || cpid <= 0) return;
     out.started = true;
-    if (opt.ports && !opt.ports->empty()) {
+    // Only while the runtime runs is the pid the container's (not a reused one).
+    if (opt.ports && !opt.ports->empty() && !child_done) {
       proxy = std::make_unique<PortProxy>(static_cast<pid_t>(cpid), *opt.ports, std::move(*opt.listeners));
       if (auto r = proxy->start(); !r) fmt::print(stderr, "envsnap: warning: {}\n", r.message());
     }
@@ -538,7 +569,10 @@ Outcome supervise(const ChildSetup& base, const SuperviseOptions& opt) {
     if (want_pid && !out.started) timeout = 20;
     if (child_done) timeout = 100;
     int r = ::poll(fds, static_cast<nfds_t>(n), timeout);
-    if (r < 0 && errno != EINTR) break;
+    if (r < 0 && errno != EINTR) {
+      fmt::print(stderr, "envsnap: warning: poll: {}; waiting for the runtime\n", std::strerror(errno));
+      break;
+    }
     check_started();
     if (i_out >= 0 && (fds[i_out].revents & (POLLIN | POLLHUP | POLLERR)))
       if (!relay.pump(out_r.get(), STDOUT_FILENO)) out_r.reset();
@@ -549,9 +583,12 @@ Outcome supervise(const ChildSetup& base, const SuperviseOptions& opt) {
       while (::read(sfd.get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
         int sig = static_cast<int>(si.ssi_signo);
         if (sig == SIGCHLD) {
-          if (!child_done && ::waitpid(pid, &status, WNOHANG) == pid) {
-            child_done = true;
-            deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+          if (!child_done) {
+            pid_t w = ::waitpid(pid, &status, WNOHANG);
+            if (w == pid || (w < 0 && errno == ECHILD)) {
+              child_done = true;
+              deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+            }
           }
           continue;
         }
@@ -574,9 +611,18 @@ Outcome supervise(const ChildSetup& base, const SuperviseOptions& opt) {
     // Whatever still holds the pipes after the runtime ended (nothing, normally) is not waited for.
     if (child_done && deadline && std::chrono::steady_clock::now() > *deadline) break;
   }
+  if (!child_done) {
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+  }
   check_started();
   if (proxy) proxy->stop();
-  restore_mask();
+  // Signals that arrived since the last read are consumed here, not acted on after the
+  // mask is lifted: the caller still has the record and --rm cleanup to do. The mask
+  // stays as it is until envsnap exits.
+  signalfd_siginfo drained{};
+  while (::read(sfd.get(), &drained, sizeof drained) == static_cast<ssize_t>(sizeof drained)) {
+  }
   if (WIFEXITED(status)) out.exit_code = WEXITSTATUS(status);
   else if (WIFSIGNALED(status)) out.exit_code = 128 + WTERMSIG(status);
   (void)opt.tty;
@@ -653,6 +699,8 @@ int run(const RunRequest& req) {
   if (!req.user.empty()) {
     if (auto u = parse_user(req.user); !u) fail(u.message());
   }
+  if (req.tty && !req.print_config && ::isatty(STDIN_FILENO) != 1)
+    fail("-t needs a terminal on stdin (this one is a pipe or a file); leave out -t, or give -i alone to pass stdin");
   if (!req.workdir.empty() && req.workdir.front() != '/') fail(fmt::format("-w {}: give an absolute path", req.workdir));
   auto host_env = host_environment();
   std::vector<std::string> extra_env;
@@ -686,12 +734,12 @@ int run(const RunRequest& req) {
   }
   if (refused && !req.force) fail("the snapshot cannot run on this host as it is (see above); --force runs it anyway");
 
-  std::vector<std::string> command = req.command;
-  if (command.empty()) {
-    command = json_strings(cc.value("Entrypoint", json::array()));
-    auto cmd = json_strings(cc.value("Cmd", json::array()));
-    command.insert(command.end(), cmd.begin(), cmd.end());
-  }
+  // docker's rule: the entrypoint stays, a given command replaces the image's Cmd.
+  std::vector<std::string> command = json_strings(cc.value("Entrypoint", json::array()));
+  if (req.entrypoint) command = req.entrypoint->empty() ? std::vector<std::string>{} : std::vector<std::string>{*req.entrypoint};
+  std::vector<std::string> args = req.command;
+  if (args.empty() && !req.entrypoint) args = json_strings(cc.value("Cmd", json::array()));
+  command.insert(command.end(), args.begin(), args.end());
   if (command.empty()) fail(fmt::format("{} has no command; give one after --, e.g. envsnap run {} -- python3 train.py",
                                         image.display, image.display));
   std::string workdir = !req.workdir.empty() ? req.workdir : cc.value("WorkingDir", "");
@@ -770,11 +818,21 @@ int run(const RunRequest& req) {
   });
   if (!layers) fail(layers.message());
   auto user = resolve_user(user_text, layers->dirs);
+  if (!gpu->ldconfig_dirs.empty() && gpu->ldconfig_path.empty()) {
+    // No ldconfig on this host: the loader finds the driver through LD_LIBRARY_PATH.
+    std::string dirs;
+    for (const auto& d : gpu->ldconfig_dirs) dirs += (dirs.empty() ? "" : ":") + d;
+    auto old = env_value(json_strings(cc.value("Env", json::array())), "LD_LIBRARY_PATH");
+    gpu->env.push_back("LD_LIBRARY_PATH=" + dirs + (old && !old->empty() ? ":" + *old : ""));
+    if (!req.quiet)
+      fmt::print(stderr, "envsnap: warning: no ldconfig on this host: the driver's libraries are found through "
+                         "LD_LIBRARY_PATH={}\n", dirs);
+  }
 
   BundleSpec spec;
   std::vector<std::string> env = json_strings(cc.value("Env", json::array()));
   if (!env_value(env, "PATH")) env.insert(env.begin(), "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-  if (!env_value(env, "HOME")) env.push_back(user.uid == 0 ? "HOME=/root" : "HOME=/");
+  if (!env_value(env, "HOME")) env.push_back("HOME=" + (!user.home.empty() ? user.home : user.uid == 0 ? "/root" : "/"));
   if (req.tty && !env_value(env, "TERM")) env.push_back("TERM=xterm");
   merge_env(env, gpu->env);
   merge_env(env, extra_env);
@@ -782,6 +840,7 @@ int run(const RunRequest& req) {
   spec.cwd = workdir;
   spec.uid = user.uid;
   spec.gid = user.gid;
+  spec.additional_gids = user.groups;
   spec.terminal = req.tty;
   spec.host_network = ports.empty();
   spec.host_ipc = req.ipc == "host";
@@ -812,7 +871,8 @@ int run(const RunRequest& req) {
   spec.args.insert(spec.args.end(), command.begin(), command.end());
 
   auto dir = make_run_dir(image.store);
-  if (!gpu->ldconfig_dirs.empty()) spec.create_container_hooks.push_back(ldconfig_hook(dir.rootfs.string(), gpu->ldconfig_dirs));
+  if (!gpu->ldconfig_dirs.empty() && !gpu->ldconfig_path.empty())
+    spec.create_container_hooks.push_back(ldconfig_hook(gpu->ldconfig_path, dir.rootfs.string(), gpu->ldconfig_dirs));
   if (spec.host_network) {
     for (const char* f : {"/etc/resolv.conf", "/etc/hosts"})
       if (::access(f, R_OK) == 0) spec.host_files.push_back({f, f, true});
@@ -868,6 +928,7 @@ int run(const RunRequest& req) {
   c.rootfs = dir.rootfs;
   c.stdin_fd = req.interactive || req.tty ? STDIN_FILENO : -1;
   c.argv = {engine.path, "run", "--bundle", dir.bundle.string(), "--pid-file", dir.pid_file.string(), container_id};
+  for (const auto& l : layers->locks) c.inherited_fds.push_back(l.get());
   SuperviseOptions so;
   so.tty = req.tty;
   so.pid_file = dir.pid_file;
@@ -875,9 +936,7 @@ int run(const RunRequest& req) {
   so.listeners = &listeners;
   so.log_fd = log.get();
   so.kill_container = [&] {
-    std::ifstream in(dir.pid_file);
-    long p = 0;
-    if (in >> p && p > 0) ::kill(static_cast<pid_t>(p), SIGKILL);
+    (void)util::run_command({engine.path, "kill", container_id, "KILL"}, std::chrono::seconds(10));
   };
 
   auto copy_rootfs = [&](const std::string& why) {

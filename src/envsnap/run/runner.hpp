@@ -10,6 +10,7 @@
 // when the command cannot run or is missing; 128+N when killed by signal N).
 
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,7 +22,8 @@ inline constexpr int exit_run_failed = 125;
 
 struct RunRequest {
   std::string ref;
-  std::vector<std::string> command;  // empty: the image's entrypoint and cmd
+  std::vector<std::string> command;  // after the entrypoint; empty: the image's cmd
+  std::optional<std::string> entrypoint;  // --entrypoint: replaces the image's ("" clears it)
   std::string gpus = "auto";         // auto: all when this host has a driver, else none
   std::vector<std::string> volumes, ports, env, env_files, ulimits;
   std::string workdir, user, name, shm_size, ipc, runtime = "auto";
