@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 packages=(
   build-essential cmake ninja-build ccache pkg-config git ca-certificates
   libcli11-dev nlohmann-json3-dev libfmt-dev libssl-dev
-  libarchive-dev libisal-dev isal libzstd-dev libcurl4-openssl-dev
+  libarchive-dev libdeflate-dev libisal-dev isal libzstd-dev libcurl4-openssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-pytest python3-jsonschema
   mmdebstrap debian-archive-keyring fuse-overlayfs

@@ -1,11 +1,13 @@
 """Layer compression gives the same bytes on every x86-64 CPU.
 
-compress_probe compresses a fixed input with the gzip (zlib) and zstd block
+compress_probe compresses a fixed input with the gzip (libdeflate) and zstd block
 compressors and prints their SHA-256. It runs natively and under qemu-x86_64 with
-CPU models from x86-64-v1 (no SSE4.2) to AVX2 machines of Intel and AMD: the bytes
-must be the same everywhere. (ISA-L, tried first, gave other gzip bytes without
-SSE4.2, and other bytes from run to run: docs/determinism.md.) AVX-512 cannot be
-emulated by qemu's TCG.
+CPU models from x86-64-v1 (no SSE4.2, no PCLMULQDQ) to AVX2 machines of Intel and
+AMD, so each of libdeflate's CRC-32 routines (plain, PCLMULQDQ, PCLMULQDQ with AVX)
+runs: the bytes must be the same everywhere. (ISA-L, tried first, gave other gzip
+bytes without SSE4.2, and other bytes from run to run: docs/determinism.md.)
+AVX-512 cannot be emulated by qemu's TCG; Debian's libdeflate 1.14 has no AVX-512
+code.
 """
 
 import os
@@ -19,9 +21,10 @@ BUILD_DIR = Path(os.environ.get("ENVSNAP_BUILD_DIR") or Path(__file__).resolve()
 PROBE = BUILD_DIR / "tests" / "fixtures" / "compress-probe" / "compress_probe"
 QEMU = shutil.which("qemu-x86_64")
 
-# Digests of the probe's output with Debian 12's zlib 1.2.13 and zstd 1.5.4: a change
-# means a library update changed the bytes of layers (and thus their digests).
-GZIP = "16d8a0b2eefddc17782fe6f829c39b789097473ba616cc1880bc4dceb1c408b0"
+# Digests of the probe's output with Debian 12's libdeflate 1.14 (level 1) and zstd
+# 1.5.4: a change means a library update changed the bytes of layers (and thus their
+# digests).
+GZIP = "4903259f3e09f29eff9d7f45e979606a5256baba1f4463ef821073a8ff4894b0"
 ZSTD = "ac5e962cd388f6d8c1e097b2a9546e74a4dc21fa921836f8c1ba89816b1f3f1c"
 
 MODELS = ["qemu64", "Conroe", "Penryn", "Opteron_G3", "Nehalem", "Westmere", "SandyBridge", "IvyBridge",

@@ -1,8 +1,8 @@
 #pragma once
 // Block compression for layer blobs: the input is cut into fixed blocks of
-// block_size bytes and each block becomes an independent gzip member (zlib,
+// block_size bytes and each block becomes an independent gzip member (libdeflate,
 // level 1, header without time or name) or zstd frame (level 3, checksum), so the
-// output is the same for every thread count. See docs/determinism.md for CPUs.
+// output is the same for every thread count and CPU (docs/determinism.md).
 
 #include <cstddef>
 #include <cstdint>
@@ -24,8 +24,8 @@ public:
 
 inline constexpr size_t compress_block_size = size_t{1} << 20;
 
-// Empty where gzip output has the reference bytes (x86-64 with SSE4.2, any later
-// extension); otherwise says why this CPU gives other, equally valid, gzip bytes.
+// Why this CPU would give other gzip bytes than the reference ones; empty on every
+// CPU since gzip comes from libdeflate, whose output does not depend on the CPU.
 std::string gzip_cpu_caveat();
 
 // Compresses one block into OUT (replacing it) as one gzip member or zstd frame.
