@@ -2,7 +2,7 @@
 // Deterministic layer blobs: a tar stream (PAX, entries in the given order, numeric
 // owners, modes with special bits, mtimes kept or clamped to SOURCE_DATE_EPOCH, no
 // atime/ctime/inode/device metadata, xattrs as SCHILY.xattr, hard links, long names,
-// sparse files as plain files), compressed with zlib gzip or zstd in fixed-size
+// sparse files as plain files), compressed with libdeflate gzip or zstd in fixed-size
 // blocks so the bytes depend neither on the thread count nor on the CPU.
 
 #include <cstdint>
