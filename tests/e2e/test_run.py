@@ -634,3 +634,25 @@ def test_layer_cache_is_root_only_and_sys_is_a_fresh_read_only_sysfs(snap):
     proc = erun(snap, "--rm", REF, "--", "sh", "-c", "grep ' /sys ' /proc/mounts")
     fields = text(proc.stdout).split()
     assert fields[0] == "sysfs" and fields[2] == "sysfs" and "ro" in fields[3].split(","), fields
+
+
+def test_overlay_refused_falls_back_to_a_copy(tmp_path):
+    """A store on an overlay file system cannot hold an overlay's upper layer: the run
+    must say so and fall back to a copy by itself (no ENVSNAP_ROOTFS)."""
+    root = tmp_path / "small"
+    engines.make_small_root(root)
+    base = tmp_path / "ovl"
+    for d in ("lower", "upper", "work", "merged"):
+        (base / d).mkdir(parents=True)
+    script = (f"set -e; mount -t overlay overlay -o lowerdir={base}/lower,upperdir={base}/upper,"
+              f"workdir={base}/work {base}/merged; "
+              f"'{ENVSNAP_BIN}' capture {root} -t small:v1 --store {base}/merged/store --quiet >/dev/null; "
+              f"'{ENVSNAP_BIN}' run --rm --store {base}/merged/store small:v1 -- cat /srv/hello.txt")
+    before = mounts()
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          env=base_env(), stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
+    assert proc.returncode == 0, text(proc.stderr)
+    assert proc.stdout == engines.HELLO
+    assert "overlayfs is not available here" in text(proc.stderr), text(proc.stderr)
+    assert "uses a copy of the image" in text(proc.stderr)
+    assert mounts() == before
