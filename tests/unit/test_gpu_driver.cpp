@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "temp_dir.hpp"
 #include "envsnap/gpu/cdi.hpp"
 #include "envsnap/gpu/driver.hpp"
 #include "envsnap/util/process.hpp"
@@ -28,43 +29,14 @@ namespace {
 const std::string k_version = "535.104.05";
 const std::string k_fake_nvml = std::string(ENVSNAP_TEST_FIXTURE_DIR) + "/fake-nvml/libnvidia-ml.so.1";
 
-class TempDir {
-public:
-  TempDir() {
-    char tmpl[] = "/tmp/envsnap-gpu-XXXXXX";
-    if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
-    m_path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(m_path, ec);
-  }
-  const fs::path& path() const { return m_path; }
-
-private:
-  fs::path m_path;
-};
+using envsnap::test::TempDir;
+using envsnap::test::build_library;
+void run(const std::vector<std::string>& argv) { envsnap::test::run_ok(argv); }
 
 void write(const fs::path& p, const std::string& bytes, fs::perms perms = fs::perms::owner_read | fs::perms::owner_write) {
   fs::create_directories(p.parent_path());
   std::ofstream(p, std::ios::binary) << bytes;
   fs::permissions(p, perms);
-}
-
-void run(const std::vector<std::string>& argv) {
-  auto r = util::run_command(argv, std::chrono::seconds(60));
-  ASSERT_TRUE(r.ok()) << r.message();
-  ASSERT_EQ(r->exit_code, 0) << argv[0] << ": " << r->err;
-}
-
-void build_library(const fs::path& file, const std::string& soname) {
-  fs::create_directories(file.parent_path());
-  auto src = file.parent_path() / "lib.c";
-  write(src, "int envsnap_test_symbol(void) { return 1; }\n");
-  std::vector<std::string> argv = {"gcc", "-shared", "-fPIC", "-o", file.string(), src.string()};
-  if (!soname.empty()) argv.push_back("-Wl,-soname," + soname);
-  run(argv);
-  fs::remove(src);
 }
 
 // mknod needs CAP_MKNOD: the tests run as root, as the e2e engine tests do.

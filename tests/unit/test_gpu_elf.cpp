@@ -10,6 +10,7 @@
 #include <sstream>
 #include <string>
 
+#include "temp_dir.hpp"
 #include "envsnap/gpu/elf.hpp"
 #include "envsnap/util/process.hpp"
 #include "envsnap/util/rootfs.hpp"
@@ -20,22 +21,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class TempDir {
-public:
-  TempDir() {
-    char tmpl[] = "/tmp/envsnap-elf-XXXXXX";
-    if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
-    m_path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(m_path, ec);
-  }
-  const fs::path& path() const { return m_path; }
-
-private:
-  fs::path m_path;
-};
+using envsnap::test::TempDir;
 
 std::string read(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);

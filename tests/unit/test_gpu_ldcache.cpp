@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "temp_dir.hpp"
 #include "envsnap/gpu/ldcache.hpp"
 #include "envsnap/util/process.hpp"
 #include "envsnap/util/strings.hpp"
@@ -19,22 +20,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class TempDir {
-public:
-  TempDir() {
-    char tmpl[] = "/tmp/envsnap-ldcache-XXXXXX";
-    if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
-    m_path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(m_path, ec);
-  }
-  const fs::path& path() const { return m_path; }
-
-private:
-  fs::path m_path;
-};
+using envsnap::test::TempDir;
+using envsnap::test::build_library;
+void run(const std::vector<std::string>& argv) { envsnap::test::run_ok(argv); }
 
 void write(const fs::path& p, const std::string& bytes) {
   fs::create_directories(p.parent_path());
@@ -46,21 +34,6 @@ std::string read(const fs::path& p) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-void run(const std::vector<std::string>& argv) {
-  auto r = util::run_command(argv, std::chrono::seconds(60));
-  ASSERT_TRUE(r.ok()) << r.message();
-  ASSERT_EQ(r->exit_code, 0) << argv[0] << ": " << r->err;
-}
-
-// A tiny shared library with the given soname, built by gcc.
-void build_library(const fs::path& file, const std::string& soname) {
-  fs::create_directories(file.parent_path());
-  auto src = file.parent_path() / "lib.c";
-  write(src, "int envsnap_test_symbol(void) { return 1; }\n");
-  run({"gcc", "-shared", "-fPIC", "-o", file.string(), "-Wl,-soname," + soname, src.string()});
-  fs::remove(src);
 }
 
 struct Row {

@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include "temp_dir.hpp"
 #include "envsnap/registry/auth.hpp"
 
 namespace fs = std::filesystem;
@@ -15,18 +16,7 @@ using namespace envsnap::registry;
 
 namespace {
 
-class TempDir {
-public:
-  TempDir() {
-    char tmpl[] = "/tmp/envsnap-regauth-XXXXXX";
-    m_path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(m_path); }
-  const fs::path& path() const { return m_path; }
-
-private:
-  fs::path m_path;
-};
+using envsnap::test::TempDir;
 
 void write(const fs::path& p, const std::string& text, mode_t mode = 0644) {
   fs::create_directories(p.parent_path());

@@ -301,6 +301,20 @@ void write_json_file(const fs::path& file, const json& j) {
   if (::rename(tmp.c_str(), file.c_str()) != 0) fail(fmt::format("cannot write {}: {}", file.string(), std::strerror(errno)));
 }
 
+// The run's record as it starts; "ended", "status" and "exit_code" are set at the end.
+json new_record(const RunDir& dir, const RunRequest& req, const ResolvedImage& image, const char* runtime,
+                const std::vector<std::string>& command, const std::vector<std::string>& gpus) {
+  return json{{"id", dir.id},
+              {"name", req.name},
+              {"image", image.display},
+              {"manifest", image.blobs.manifest.digest.str()},
+              {"runtime", runtime},
+              {"command", command},
+              {"gpus", gpus},
+              {"started", now_utc()},
+              {"status", "running"}};
+}
+
 // Drops the writable layer and the bundle; the record and the log stay.
 void remove_run_files(const RunDir& r) {
   for (const auto& p : {r.bundle, r.upper, r.work, r.pid_file}) {
@@ -786,14 +800,7 @@ int run(const RunRequest& req) {
                                 "envsnap-" + dir.id, req.user,
                                 engine.engine == Engine::docker ? gpu->docker_args : gpu->podman_args);
     args.insert(args.begin(), engine.path);
-    json record = {{"id", dir.id},
-                   {"name", req.name},
-                   {"image", image.display},
-                   {"manifest", image.blobs.manifest.digest.str()},
-                   {"runtime", engine_name(engine.engine)},
-                   {"command", command},
-                   {"started", now_utc()},
-                   {"status", "running"}};
+    json record = new_record(dir, req, image, engine_name(engine.engine), command, gpu->selected);
     write_json_file(dir.record, record);
     UniqueFd log(::open(dir.log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     ChildSetup c;
@@ -904,15 +911,7 @@ int run(const RunRequest& req) {
   }
 
   std::string container_id = "envsnap-" + dir.id;
-  json record = {{"id", dir.id},
-                 {"name", req.name},
-                 {"image", image.display},
-                 {"manifest", image.blobs.manifest.digest.str()},
-                 {"runtime", engine_name(engine.engine)},
-                 {"command", command},
-                 {"gpus", gpu->selected},
-                 {"started", now_utc()},
-                 {"status", "running"}};
+  json record = new_record(dir, req, image, engine_name(engine.engine), command, gpu->selected);
   write_json_file(dir.record, record);
   UniqueFd log(::open(dir.log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
 
