@@ -7,7 +7,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <mutex>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -84,16 +88,42 @@ Result<UnpackedLayers> unpack_layers(const store::Store& store, const image::Ima
   auto store_lock = store.lock_shared();
   if (!store_lock) return store_lock.error();
   UnpackedLayers out;
+  // The layers missing from the cache are unpacked in parallel: each goes to a directory
+  // of its own, so they are independent (and decompressing, hashing and creating files
+  // keeps every core busy).
+  std::vector<size_t> missing;
   for (size_t i = 0; i < layers->size(); ++i) {
-    const auto& layer = (*layers)[i];
-    fs::path dir = root / layer.diff_id.hex();
     struct stat st {};
-    if (::lstat(dir.c_str(), &st) != 0) {
-      std::string label = fmt::format("layer {}/{} (blob {})", i + 1, layers->size(), layer.blob.digest.str());
-      if (progress) progress(fmt::format("unpacking {}", label));
-      if (auto r = unpack_one(store, layer, root, dir, label); !r) return r.error();
-      ++out.unpacked_now;
-    }
+    if (::lstat((root / (*layers)[i].diff_id.hex()).c_str(), &st) != 0) missing.push_back(i);
+  }
+  if (!missing.empty()) {
+    std::mutex mu;
+    std::vector<std::string> errors(layers->size());
+    std::atomic<size_t> next{0};
+    auto work = [&] {
+      for (size_t k = next++; k < missing.size(); k = next++) {
+        size_t i = missing[k];
+        const auto& layer = (*layers)[i];
+        std::string label = fmt::format("layer {}/{} (blob {})", i + 1, layers->size(), layer.blob.digest.str());
+        if (progress) {
+          std::lock_guard<std::mutex> lock(mu);
+          progress(fmt::format("unpacking {}", label));
+        }
+        if (auto r = unpack_one(store, layer, root, root / layer.diff_id.hex(), label); !r) errors[i] = r.message();
+      }
+    };
+    unsigned threads = std::max(1u, std::min<unsigned>(std::thread::hardware_concurrency(),
+                                                       static_cast<unsigned>(missing.size())));
+    std::vector<std::thread> pool;
+    for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work);
+    work();
+    for (auto& t : pool) t.join();
+    for (const auto& e : errors)
+      if (!e.empty()) return Error{e};
+    out.unpacked_now = missing.size();
+  }
+  for (const auto& layer : *layers) {
+    fs::path dir = root / layer.diff_id.hex();
     auto lock = lock_dir(dir, LOCK_SH);
     if (!lock) return lock.error();
     out.locks.push_back(std::move(*lock));

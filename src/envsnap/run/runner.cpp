@@ -132,7 +132,7 @@ struct ResolvedImage {
   store::Store store;
   image::ImageBlobs blobs;
   std::string display;  // what the user gave, or the pulled NAME:TAG
-  std::vector<std::string> tags;
+  std::vector<std::string> tags;  // filled only where needed (podman)
 };
 
 ResolvedImage resolve_image(const RunRequest& req) {
@@ -151,11 +151,7 @@ ResolvedImage resolve_image(const RunRequest& req) {
   image::FailureKind kind = image::FailureKind::other;
   auto blobs = image::read_image(*s, ref, &kind);
   if (!blobs) fail(blobs.message());
-  ResolvedImage out{std::move(*s), std::move(*blobs), req.ref, {}};
-  if (auto list = out.store.list())
-    for (const auto& t : *list)
-      if (t.manifest.digest == out.blobs.manifest.digest) out.tags.push_back(t.name);
-  return out;
+  return ResolvedImage{std::move(*s), std::move(*blobs), req.ref, {}};
 }
 
 // The file REL as the merged image shows it: the topmost layer that has it (a
@@ -771,6 +767,9 @@ int run(const RunRequest& req) {
     std::vector<std::string> load;
     fs::path archive;
     if (engine.engine == Engine::podman) {
+      if (auto list = image.store.list())
+        for (const auto& t : *list)
+          if (t.manifest.digest == image.blobs.manifest.digest) image.tags.push_back(t.name);
       std::string tag = image.tags.empty() ? "" : image.tags.front();
       if (tag.empty()) fail(fmt::format("{} has no tag in the store; tag it (envsnap pull/capture -t) to run it with podman",
                                         image.display));
