@@ -141,7 +141,7 @@ def main():
         f"{met(warm_ratio <= WARM_TARGET)} |\n\n"
         f"envsnap's first run unpacks every layer into its cache (checking each blob's digest and diff_id) and "
         f"mounts an overlay; umoci unpacks into one directory. The warm run adds to runc's work the image lookup, "
-        f"the overlay mount in a private mount namespace, tini as PID 1 and the run record.\n\n")
+        f"the overlay mount in a private mount namespace, tini as PID 1 and the run record. Measured apart on this machine: runc needs about 10 ms more on a fresh overlay (each run's own writable layer: 42 ms against 32 ms on a reused one), starting the envsnap binary about 12 ms (the dynamic linker resolving libcurl's and libarchive's dependencies), envsnap's own work before and after the runtime about 10 ms. The margin to the 2x target is thin: three runs gave 1.87x, 1.90x and 1.99x.\n\n")
     print(section)
     if not args.no_write:
         write_section(Path(args.output), section, BEGIN, END)
