@@ -190,3 +190,42 @@ TEST(ImageCompress, BlockBytesDoNotDependOnEarlierBlocksOfTheThread) {
   std::thread([&] { (void)image::compress_block(image::Compression::gzip, a.data(), a.size(), fresh); }).join();
   EXPECT_EQ(first, fresh);
 }
+
+namespace {
+
+// A block of SIZE bytes cycling through the first K byte values: entropy log2(K) bits.
+std::string uniform_over(unsigned k, size_t size) {
+  std::string s(size, '\0');
+  for (size_t i = 0; i < size; ++i) s[i] = static_cast<char>(i % k);
+  return s;
+}
+
+}  // namespace
+
+TEST(Compress, IncompressibleBlocksAreRecognisedByEntropy) {
+  const size_t n = size_t{1} << 20;
+  // log2(K) around the 7.97-bit threshold: 250 values 7.966, 252 values 7.977.
+  EXPECT_FALSE(envsnap::image::looks_incompressible(uniform_over(128, n).data(), n));
+  EXPECT_FALSE(envsnap::image::looks_incompressible(uniform_over(240, n).data(), n));
+  EXPECT_FALSE(envsnap::image::looks_incompressible(uniform_over(250, n).data(), n));
+  EXPECT_TRUE(envsnap::image::looks_incompressible(uniform_over(252, n).data(), n));
+  EXPECT_TRUE(envsnap::image::looks_incompressible(uniform_over(256, n).data(), n));
+  std::string random(n, '\0');
+  uint64_t x = 88172645463325252ull;
+  for (auto& c : random) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    c = static_cast<char>(x >> 56);
+  }
+  EXPECT_TRUE(envsnap::image::looks_incompressible(random.data(), n));
+  std::string text;
+  while (text.size() < n) text += "import torch\nmodel = torch.nn.Linear(16, 32)\n";
+  EXPECT_FALSE(envsnap::image::looks_incompressible(text.data(), n));
+  EXPECT_FALSE(envsnap::image::looks_incompressible(random.data(), 4096));  // too small to judge
+  // A random block is stored: the member is the input plus headers, and it inflates back.
+  std::string out;
+  ASSERT_TRUE(envsnap::image::compress_block(envsnap::image::Compression::gzip, random.data(), n, out));
+  EXPECT_GT(out.size(), n);
+  EXPECT_LT(out.size(), n + 1024);
+}

@@ -1,6 +1,8 @@
 #include "envsnap/image/compress.hpp"
 
 #include <libdeflate.h>
+
+#include <array>
 #include <zstd.h>
 
 #include <algorithm>
@@ -26,17 +28,64 @@ constexpr int gzip_level = 1;
 // the CRC-32), and it is several times faster than zlib. One compressor per thread,
 // reused: every call starts from a clean state. docs/determinism.md has the history
 // (ISA-L, then zlib).
+}  // namespace
+
+namespace {
+
+// log2(x) for x >= 1 in fixed point with 16 fraction bits, by repeated squaring of the
+// mantissa: integer arithmetic only, so the same on every CPU and libm.
+uint64_t log2_q16(uint64_t x) {
+  int whole = 63 - __builtin_clzll(x);
+  unsigned __int128 m = static_cast<unsigned __int128>(x) << (64 - whole);  // [1, 2) as Q64
+  uint64_t frac = 0;
+  const unsigned __int128 two = static_cast<unsigned __int128>(1) << 65;
+  for (int bit = 15; bit >= 0; --bit) {
+    // m*m in Q64, from m/2 (which fits 64 bits; the bit it drops does not matter here).
+    uint64_t half = static_cast<uint64_t>(m >> 1);
+    unsigned __int128 q = static_cast<unsigned __int128>(half) * half;  // m^2/4
+    m = q >> 62;                                                    // m^2 in Q64
+    if (m >= two) {
+      m >>= 1;
+      frac |= uint64_t{1} << bit;
+    }
+  }
+  return (static_cast<uint64_t>(whole) << 16) | frac;
+}
+
+}  // namespace
+
+bool looks_incompressible(const void* data, size_t size) {
+  // Shannon entropy of the byte histogram of at least 7.97 bits per byte: compressed
+  // or random data (CUDA's compressed fatbins, archives, weights), which deflate
+  // shrinks by a percent at most. N*H = N*log2(N) - sum(c*log2(c)), in integers.
+  if (size < 64 * 1024) return false;
+  std::array<uint64_t, 256> counts{};
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < size; ++i) ++counts[p[i]];
+  uint64_t sum = 0;
+  for (uint64_t c : counts)
+    if (c > 0) sum += c * log2_q16(c);
+  uint64_t n = size;
+  uint64_t bits_q16 = n * log2_q16(n) - sum;  // N*H in Q16
+  return bits_q16 * 100 >= n * (uint64_t{797} << 16);
+}
+
+namespace {
+
 util::Result<void> gzip_member(const void* data, size_t size, std::string& out) {
   struct Free {
     void operator()(libdeflate_compressor* c) const { libdeflate_free_compressor(c); }
   };
-  thread_local std::unique_ptr<libdeflate_compressor, Free> compressor;
-  if (!compressor) {
-    compressor.reset(libdeflate_alloc_compressor(gzip_level));
-    if (!compressor) return util::Error{"gzip: cannot create a libdeflate compressor (out of memory?)"};
+  // Level 0 writes stored blocks: for data that does not compress, the match finder's
+  // time is saved and the member is a few bytes larger than the input.
+  thread_local std::unique_ptr<libdeflate_compressor, Free> compressor, store;
+  auto& c = looks_incompressible(data, size) ? store : compressor;
+  if (!c) {
+    c.reset(libdeflate_alloc_compressor(&c == &store ? 0 : gzip_level));
+    if (!c) return util::Error{"gzip: cannot create a libdeflate compressor (out of memory?)"};
   }
-  out.resize(libdeflate_gzip_compress_bound(compressor.get(), size));
-  size_t n = libdeflate_gzip_compress(compressor.get(), data, size, out.data(), out.size());
+  out.resize(libdeflate_gzip_compress_bound(c.get(), size));
+  size_t n = libdeflate_gzip_compress(c.get(), data, size, out.data(), out.size());
   if (n == 0) return util::Error{fmt::format("gzip compression of a {}-byte block failed (libdeflate)", size)};
   out.resize(n);
   return {};

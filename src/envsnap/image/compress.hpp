@@ -28,6 +28,10 @@ inline constexpr size_t compress_block_size = size_t{1} << 20;
 // CPU since gzip comes from libdeflate, whose output does not depend on the CPU.
 std::string gzip_cpu_caveat();
 
+// True when DATA's byte histogram is nearly flat (already compressed or random data):
+// such gzip blocks are stored (deflate level 0) instead of searched for matches.
+bool looks_incompressible(const void* data, size_t size);
+
 // Compresses one block into OUT (replacing it) as one gzip member or zstd frame.
 util::Result<void> compress_block(Compression c, const void* data, size_t size, std::string& out);
 
