@@ -58,10 +58,21 @@ bool looks_incompressible(const void* data, size_t size) {
   // Shannon entropy of the byte histogram of at least 7.97 bits per byte: compressed
   // or random data (CUDA's compressed fatbins, archives, weights), which deflate
   // shrinks by a percent at most. N*H = N*log2(N) - sum(c*log2(c)), in integers.
-  if (size < 64 * 1024) return false;
-  std::array<uint64_t, 256> counts{};
+  if (size < 64 * 1024 || size > (size_t{1} << 31)) return false;
+  // Four interleaved histograms: runs of one byte value would otherwise make every
+  // increment wait for the previous one.
+  std::array<std::array<uint32_t, 256>, 4> parts{};
   const auto* p = static_cast<const unsigned char*>(data);
-  for (size_t i = 0; i < size; ++i) ++counts[p[i]];
+  size_t i = 0;
+  for (; i + 4 <= size; i += 4) {
+    ++parts[0][p[i]];
+    ++parts[1][p[i + 1]];
+    ++parts[2][p[i + 2]];
+    ++parts[3][p[i + 3]];
+  }
+  for (; i < size; ++i) ++parts[0][p[i]];
+  std::array<uint64_t, 256> counts{};
+  for (size_t v = 0; v < 256; ++v) counts[v] = uint64_t{parts[0][v]} + parts[1][v] + parts[2][v] + parts[3][v];
   uint64_t sum = 0;
   for (uint64_t c : counts)
     if (c > 0) sum += c * log2_q16(c);
