@@ -173,7 +173,7 @@ void add_capture(CLI::App& app, int* exit_code) {
   cmd->add_option("--exclude", a->excludes, "Leave out paths matching GLOB (in-root)");
   cmd->add_option("--compression", a->compression, "gzip (default) or zstd");
   cmd->add_option("--source-date-epoch", a->source_date_epoch, "Clamp newer modification times to T (seconds)");
-  cmd->add_option("--threads", a->threads, "Compression threads (default: all cores)");
+  cmd->add_option("--threads", a->threads, "Compression threads (default: cores + 1)");
   cmd->add_option("--workdir", a->workdir, "Working directory of the image");
   cmd->add_option("--cmd", a->cmd, "Default command of the image (repeat for each argument)");
   cmd->add_option("--python", a->lock.python_paths, "Another Python interpreter, prefix or site-packages dir (in ROOT)");

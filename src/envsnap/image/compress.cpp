@@ -154,7 +154,9 @@ struct BlockCompressor::Impl {
   std::vector<std::thread> workers;
 
   Impl(Compression c, unsigned t, Sink& o) : compression(c), threads(t), out(o) {
-    if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+    // One worker more than cores: the thread producing the tar waits on reads, and the
+    // spare worker keeps the cores busy meanwhile (the output never depends on it).
+    if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency()) + 1;
     current.reserve(compress_block_size);
     if (threads > 1)
       for (unsigned i = 0; i < threads; ++i) workers.emplace_back([this] { work(); });

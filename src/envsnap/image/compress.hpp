@@ -36,7 +36,7 @@ bool looks_incompressible(const void* data, size_t size);
 util::Result<void> compress_block(Compression c, const void* data, size_t size, std::string& out);
 
 // Streams input through compress_block in blocks of compress_block_size, using
-// THREADS workers (0: hardware concurrency, 1: inline); output goes to OUT in block
+// THREADS workers (0: hardware concurrency + 1, 1: inline); output goes to OUT in block
 // order. At most about 2*threads blocks are in memory at once.
 class BlockCompressor {
 public:
