@@ -251,6 +251,23 @@ def validate_oci(schema, doc, tmp_path):
     assert proc.returncode == 0, f"{schema}: {proc.stdout.decode()} {proc.stderr.decode()}"
 
 
+LABEL_LOCK = "dev.envsnap.lock"
+LABEL_DIGEST = "dev.envsnap.lock.digest"
+
+
+def check_lock_labels(labels, snap):
+    """Image config labels carry the lock of `snap` (anything with .lock and .digest) and
+    its digest."""
+    assert labels, "the image has no labels"
+    assert labels.get(LABEL_DIGEST) == snap.digest
+    raw = labels.get(LABEL_LOCK)
+    assert raw is not None, f"no {LABEL_LOCK} label"
+    parsed = json.loads(raw)
+    lock = parsed["lock"] if "lockVersion" in parsed and "lock" in parsed else parsed
+    assert lock == snap.lock
+    assert "sha256:" + sha256_hex(canonical(lock).encode("utf-8")) == snap.digest
+
+
 class Layout:
     """Reads an OCI image layout (the envsnap store) independently of envsnap."""
 

@@ -14,13 +14,11 @@ from pathlib import Path
 import pytest
 
 import engines
-from conftest import ERROR_PREFIX, canonical, check_digest, envsnap, sha256_hex, text
+from conftest import ERROR_PREFIX, canonical, check_digest, check_lock_labels, envsnap, sha256_hex, text
 from engines import HELLO
 from engines import dockerd, podman  # noqa: F401  (module-scoped fixtures)
 
 REF = "e2e/small:v1"
-LABEL_LOCK = "dev.envsnap.lock"
-LABEL_DIGEST = "dev.envsnap.lock.digest"
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -69,17 +67,6 @@ def layout_image(layout, ref):
     assert "sha256:" + sha256_hex(config_raw) == manifest["config"]["digest"]
     return digest, manifest, json.loads(config_raw)
 
-
-def check_lock_labels(labels, snap):
-    """The config's labels carry the snapshot's lock and its digest."""
-    assert labels, "the image has no labels"
-    assert labels.get(LABEL_DIGEST) == snap.digest
-    raw = labels.get(LABEL_LOCK)
-    assert raw is not None, f"no {LABEL_LOCK} label"
-    parsed = json.loads(raw)
-    lock = parsed["lock"] if "lockVersion" in parsed and "lock" in parsed else parsed
-    assert lock == snap.lock
-    assert "sha256:" + sha256_hex(canonical(lock).encode("utf-8")) == snap.digest
 
 
 # ---- envsnap verbs ---------------------------------------------------------------------

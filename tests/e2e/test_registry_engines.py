@@ -12,15 +12,13 @@ import re
 import pytest
 
 import engines
-from conftest import Layout, canonical, check_digest, sha256_hex, text
+from conftest import Layout, canonical, check_digest, check_lock_labels, sha256_hex, text
 from engines import HELLO
 from registry_fixtures import Client, Registry
 from engines import dockerd, podman  # noqa: F401  (module-scoped fixtures)
 
 REF = "team/app:v1"
 REPO = "team/app"
-LABEL_LOCK = "dev.envsnap.lock"
-LABEL_DIGEST = "dev.envsnap.lock.digest"
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -34,17 +32,6 @@ class Pushed:
         self.digest = lock_doc["digest"]
         self.lock = lock_doc["lock"]
 
-
-def check_lock_labels(labels, pushed):
-    """The labels carry the pushed lock and its digest."""
-    assert labels, "the image has no labels"
-    assert labels.get(LABEL_DIGEST) == pushed.digest
-    raw = labels.get(LABEL_LOCK)
-    assert raw is not None, f"no {LABEL_LOCK} label"
-    parsed = json.loads(raw)
-    lock = parsed["lock"] if "lockVersion" in parsed and "lock" in parsed else parsed
-    assert lock == pushed.lock
-    assert "sha256:" + sha256_hex(canonical(lock).encode("utf-8")) == pushed.digest
 
 
 # ---- fixtures --------------------------------------------------------------------------
