@@ -198,6 +198,32 @@ def test_changing_one_distribution_repacks_one_layer(store, work, torch_root):
     shutil.rmtree(copy)
 
 
+def test_recapture_reuses_only_blobs_that_still_match_their_digest(store, torch_root):
+    """A second capture of an unchanged root takes every layer from the stat cache; a cached
+    blob whose bytes were damaged is not re-used but packed again, which repairs the store."""
+    again = "demo/torch:again"
+    reference = Layout(store).manifest_descriptor(TAG)["digest"]
+    out = json.loads(envsnap("capture", torch_root, "-t", again, "--store", store, "--quiet", "--json",
+                             timeout=900).stdout)
+    assert all(l["reused"] for l in out["layers"]), out["layers"]
+    assert out["manifest"] == reference
+
+    layout = Layout(store)
+    smallest = min(layout.manifest(TAG)["layers"], key=lambda l: l["size"])
+    path = layout.blob_path(smallest["digest"])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    proc = envsnap("capture", torch_root, "-t", again, "--store", store, "--json", timeout=900)
+    out = json.loads(proc.stdout)
+    repacked = [l["name"] for l in out["layers"] if not l["reused"]]
+    assert repacked == [smallest["annotations"]["dev.envsnap.layer"]], out["layers"]
+    assert smallest["digest"] in proc.stderr.decode()
+    assert out["manifest"] == reference
+    assert envsnap("check", "--store", store).returncode == 0
+    envsnap("rm", again, "--store", store)
+
+
 def test_killed_capture_leaves_a_clean_store(torch_root, work):
     s = work / "store-kill"
     for delay in (0.3, 1.5, 4.0):
@@ -253,6 +279,12 @@ def test_rm_and_gc(store):
     after = sum(1 for _ in (store / "blobs/sha256").iterdir())
     assert after < before, gc
     envsnap("check", "--store", store)
+    # Capture's layer records go with their blobs: every one left names a stored blob.
+    records = list((store / ".envsnap/layers").glob("*.json"))
+    assert records
+    for r in records:
+        blob = json.loads(r.read_text())["blob"]["digest"]
+        assert Layout(store).blob_path(blob).exists(), f"{r.name} names {blob}, which gc removed"
     # The remaining image is whole.
     assert envsnap("show", TAG, "--store", store).returncode == 0
     r = envsnap("rm", "no/such:tag", "--store", store, check=False)

@@ -100,6 +100,14 @@ int run_capture(CaptureArgs& a) {
   if (!a.lock.project.empty()) plan_options.project_path = in_root(a.lock.root, a.lock.project);
   plan_options.store_path = in_root(a.lock.root, store_path.string());
 
+  // When the store exists, the blobs the last capture of this root used are
+  // re-hashed while the root is walked.
+  std::optional<image::BlobVerifier> verifier;
+  auto root_key = image::BlobVerifier::root_key(*root);
+  if (!a.dry_run)
+    if (auto existing = store::Store::open(store_path, store::OpenMode::must_exist))
+      verifier.emplace(*existing).prefetch(root_key);
+
   probe::Warnings warnings;
   auto plan = image::plan_layers(*root, doc->lock, plan_options, warnings);
   if (!plan) throw util::Fatal(2, plan.message());
@@ -134,8 +142,12 @@ int run_capture(CaptureArgs& a) {
   options.workdir = a.workdir;
   options.cmd = a.cmd;
   options.progress = !a.quiet && ::isatty(2);
+  if (verifier) options.verifier = &*verifier;
+  options.root_key = root_key;
   auto result = image::build_snapshot(*root, *doc, *plan, options, *store, *ref);
   if (!result) throw util::Fatal(3, result.message());
+  if (!a.quiet)
+    for (auto& w : result->warnings) fmt::print(stderr, "envsnap: warning: {}\n", w);
 
   if (a.json) {
     nlohmann::json j = {{"tag", ref->str()}, {"manifest", result->manifest.digest.str()},

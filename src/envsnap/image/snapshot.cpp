@@ -1,5 +1,6 @@
 #include "envsnap/image/snapshot.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -54,7 +55,8 @@ std::string layer_key(const PlannedLayer& layer, const LayerOptions& options) {
   return h.hex();
 }
 
-std::optional<LayerResult> cached_layer(store::Store& store, const std::string& key) {
+// A layer cache entry as remembered; nothing in it is trusted until verified.
+std::optional<LayerResult> cache_entry(store::Store& store, const std::string& key) {
   std::ifstream in(store.cache_dir("layers") / (key + ".json"));
   if (!in) return std::nullopt;
   std::stringstream ss;
@@ -64,16 +66,20 @@ std::optional<LayerResult> cached_layer(store::Store& store, const std::string& 
   auto blob = oci::Descriptor::from_json(j["blob"], "layer cache");
   auto diff_id = oci::Digest::parse(j.value("diff_id", ""));
   if (!blob || !diff_id) return std::nullopt;
-  // No blob is trusted without its digest: re-hash what the store holds.
-  auto fd = store.open_blob(blob->digest);
-  if (!fd) return std::nullopt;
-  auto actual = util::sha256_file(fd->get(), store.blob_path(blob->digest).string());
-  if (!actual || *actual != blob->digest.hex()) return std::nullopt;
   LayerResult r;
   r.blob = *blob;
   r.diff_id = *diff_id;
   r.tar_size = j.value("tar_size", uint64_t{0});
   return r;
+}
+
+bool hash_matches(const store::Store& store, const oci::Descriptor& blob, const std::atomic<bool>* stop) {
+  auto fd = store.open_blob(blob.digest);
+  if (!fd) return false;
+  struct stat st{};
+  if (::fstat(fd->get(), &st) != 0 || static_cast<int64_t>(st.st_size) != blob.size) return false;
+  auto actual = util::sha256_file(fd->get(), store.blob_path(blob.digest).string(), stop);
+  return actual && *actual == blob.digest.hex();
 }
 
 void remember_layer(store::Store& store, const std::string& key, const LayerResult& r) {
@@ -85,6 +91,13 @@ void remember_layer(store::Store& store, const std::string& key, const LayerResu
     out << j.dump();
   }
   fs::rename(tmp, dir / (key + ".json"));
+}
+
+// A prefetched verdict answers only for the same digest and the same size.
+std::string pending_key(const oci::Descriptor& d) { return fmt::format("{}/{}", d.digest.str(), d.size); }
+
+fs::path captures_file(const store::Store& store, const std::string& root_key) {
+  return store.cache_dir("captures") / (root_key + ".json");
 }
 
 class ProgressBar {
@@ -125,6 +138,76 @@ private:
 };
 
 }  // namespace
+
+BlobVerifier::~BlobVerifier() {
+  m_stop = true;
+  if (m_thread.joinable()) m_thread.join();
+}
+
+std::string BlobVerifier::root_key(const util::RootFs& root) {
+  struct stat st{};
+  std::error_code ec;
+  auto canonical = fs::weakly_canonical(root.path(), ec);
+  if (::stat(root.path().c_str(), &st) != 0) return "";
+  return util::sha256_hex(fmt::format("{}\n{}\n{}", ec ? root.path().string() : canonical.string(), st.st_dev,
+                                      st.st_ino));
+}
+
+void BlobVerifier::prefetch(const std::string& root_key) {
+  if (root_key.empty() || m_thread.joinable()) return;
+  std::ifstream in(captures_file(m_store, root_key));
+  if (!in) return;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto j = Json::parse(ss.str(), nullptr, false);
+  if (!j.is_object() || !j["blobs"].is_array()) return;
+  std::vector<oci::Descriptor> blobs;
+  for (const auto& b : j["blobs"])
+    if (auto d = oci::Descriptor::from_json(b, "capture record"); d && m_store.has_blob(d->digest)) blobs.push_back(*d);
+  if (blobs.empty()) return;
+  auto hold = m_store.lock_shared();
+  if (!hold) return;
+  m_hold = std::move(*hold);
+  std::sort(blobs.begin(), blobs.end(), [](const auto& a, const auto& b) { return a.size > b.size; });
+  std::vector<std::pair<oci::Descriptor, std::promise<bool>>> work;
+  {
+    std::lock_guard lock(m_mutex);
+    for (auto& b : blobs) {
+      if (m_pending.count(pending_key(b))) continue;
+      work.emplace_back(b, std::promise<bool>());
+      m_pending.emplace(pending_key(b), work.back().second.get_future().share());
+    }
+  }
+  m_thread = std::thread([this, work = std::move(work)]() mutable {
+    for (auto& [blob, verdict] : work) verdict.set_value(!m_stop && hash_matches(m_store, blob, &m_stop));
+  });
+}
+
+bool BlobVerifier::intact(const oci::Descriptor& blob) {
+  std::shared_future<bool> pending;
+  {
+    std::lock_guard lock(m_mutex);
+    if (auto it = m_pending.find(pending_key(blob)); it != m_pending.end()) pending = it->second;
+  }
+  if (pending.valid()) return pending.get();
+  return hash_matches(m_store, blob, nullptr);
+}
+
+void BlobVerifier::remember(const std::string& root_key, const std::vector<oci::Descriptor>& blobs) {
+  if (root_key.empty()) return;
+  Json list = Json::array();
+  for (const auto& b : blobs) list.push_back(b.to_json());
+  auto path = captures_file(m_store, root_key);
+  auto tmp = path;
+  tmp += ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << Json{{"blobs", std::move(list)}}.dump();
+    if (!out) return;
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+}
 
 Json make_config(const lock::LockDocument& doc, const std::vector<LayerReport>& layers, const SnapshotOptions& options,
                  int64_t created) {
@@ -175,35 +258,55 @@ util::Result<SnapshotResult> build_snapshot(const util::RootFs& root, const lock
   auto hold = store.lock_shared();
   if (!hold) return hold.error();
   ProgressBar bar(options.progress, total);
-  // Cached layers are re-hashed (no blob is trusted without its digest) on their own
-  // threads, beside the packing of the layers that changed.
-  std::vector<std::string> keys;
-  std::vector<std::future<std::optional<LayerResult>>> cached;
-  for (const auto& layer : plan.layers) {
-    keys.push_back(layer_key(layer, options.layer));
-    cached.push_back(std::async(std::launch::async, [&store, key = keys.back()] { return cached_layer(store, key); }));
-  }
+  // A layer whose cache entry exists is re-hashed on its own thread; the layers
+  // without one are packed meanwhile, so the hashing hides behind the packing.
+  // A layer whose blob fails its digest is packed afresh afterwards.
+  std::optional<BlobVerifier> own_verifier;
+  BlobVerifier* verifier = options.verifier;
+  if (!verifier) verifier = &own_verifier.emplace(store);
+  std::vector<LayerReport> reports(plan.layers.size());
+  std::vector<std::string> keys(plan.layers.size());
+  std::vector<std::optional<LayerResult>> entries(plan.layers.size());
+  std::vector<std::future<bool>> verified(plan.layers.size());
   for (size_t i = 0; i < plan.layers.size(); ++i) {
     const auto& layer = plan.layers[i];
-    LayerReport report;
-    report.name = layer.name;
-    report.bytes = layer.bytes;
+    reports[i].name = layer.name;
+    reports[i].bytes = layer.bytes;
     for (const auto& e : layer.entries)
-      if (S_ISREG(e.st.st_mode)) ++report.files;
-    bar.label(layer.name);
-    if (auto hit = cached[i].get()) {
-      report.result = *hit;
-      report.reused = true;
-    } else {
-      auto written = write_layer(root, layer.entries, options.layer, store,
-                                 [&bar](uint64_t done) { bar.update(done); });
-      if (!written) return util::Error{fmt::format("layer {}: {}", layer.name, written.message())};
-      report.result = *written;
-      remember_layer(store, keys[i], report.result);
-    }
-    bar.finish_layer(layer.bytes);
-    out.layers.push_back(std::move(report));
+      if (S_ISREG(e.st.st_mode)) ++reports[i].files;
+    keys[i] = layer_key(layer, options.layer);
+    entries[i] = cache_entry(store, keys[i]);
+    if (entries[i])
+      verified[i] = std::async(std::launch::async, [verifier, blob = entries[i]->blob] { return verifier->intact(blob); });
   }
+  auto pack = [&](size_t i) -> util::Result<void> {
+    const auto& layer = plan.layers[i];
+    bar.label(layer.name);
+    auto written =
+        write_layer(root, layer.entries, options.layer, store, [&bar](uint64_t done) { bar.update(done); });
+    if (!written) return util::Error{fmt::format("layer {}: {}", layer.name, written.message())};
+    reports[i].result = *written;
+    remember_layer(store, keys[i], reports[i].result);
+    bar.finish_layer(layer.bytes);
+    return {};
+  };
+  for (size_t i = 0; i < plan.layers.size(); ++i)
+    if (!entries[i])
+      if (auto r = pack(i); !r) return r.error();
+  for (size_t i = 0; i < plan.layers.size(); ++i) {
+    if (!entries[i]) continue;
+    if (verified[i].get()) {
+      reports[i].result = *entries[i];
+      reports[i].reused = true;
+      bar.finish_layer(plan.layers[i].bytes);
+    } else {
+      if (store.remove_if_corrupt(entries[i]->blob.digest))
+        out.warnings.push_back(fmt::format("blob {} of layer {} did not match its digest; it was packed afresh",
+                                           entries[i]->blob.digest.str(), plan.layers[i].name));
+      if (auto r = pack(i); !r) return r.error();
+    }
+  }
+  out.layers = std::move(reports);
   bar.end();
 
   auto config_bytes = make_config(doc, out.layers, options, created).dump();
@@ -226,6 +329,9 @@ util::Result<SnapshotResult> build_snapshot(const util::RootFs& root, const lock
   m->platform_arch = oci::oci_arch(doc.lock.value("system", Json::object()).value("arch", ""));
   if (auto r = store.tag(tag, *m); !r) return r.error();
   out.manifest = *m;
+  std::vector<oci::Descriptor> blobs;
+  for (const auto& l : out.layers) blobs.push_back(l.result.blob);
+  verifier->remember(options.root_key, blobs);
   return out;
 }
 

@@ -14,7 +14,9 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -405,6 +407,14 @@ util::Result<util::UniqueFd> Store::open_blob(const oci::Digest& d) const {
   return util::UniqueFd(fd);
 }
 
+bool Store::remove_if_corrupt(const oci::Digest& d) const {
+  auto fd = open_blob(d);
+  if (!fd) return false;
+  auto actual = util::sha256_file(fd->get(), blob_path(d).string());
+  if (actual && *actual == d.hex()) return false;
+  return ::unlink(blob_path(d).c_str()) == 0;
+}
+
 util::Result<StoreLock> Store::lock_exclusive() const {
   auto fd = take_flock(m_path / ".envsnap" / "gc.lock", LOCK_EX);
   if (!fd) return util::Error{fd.message()};
@@ -755,6 +765,28 @@ util::Result<GcReport> Store::gc() {
       fs::remove_all(p, ec3);
       if (ec3) return util::Error{fmt::format("cannot remove {}: {}", p.string(), ec3.message())};
       rep.cache_bytes_removed += bytes;
+    }
+  }
+
+  // Capture's records (.envsnap/layers/<key>.json: a layer's blob and diff_id;
+  // .envsnap/captures/<root>.json: the blobs a root's last capture used) go once
+  // none of the digests they name is in use.
+  for (const char* records : {"layers", "captures"}) {
+    ec.clear();
+    for (auto it = fs::directory_iterator(m_path / ".envsnap" / records, ec); !ec && it != fs::directory_iterator();
+         it.increment(ec)) {
+      std::string name = it->path().filename().string();
+      if (!name.ends_with(".json") || !it->is_regular_file()) continue;
+      std::ifstream in(it->path());
+      std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      bool in_use = false;
+      for (size_t at = text.find("sha256:"); at != std::string::npos && !in_use; at = text.find("sha256:", at + 7)) {
+        std::string hex = text.substr(at + 7, 64);
+        in_use = is_hex64(hex) && (marked.blobs.count(hex) || marked.diff_ids.count(hex));
+      }
+      if (in_use) continue;
+      uint64_t bytes = text.size();
+      if (::unlink(it->path().c_str()) == 0) rep.cache_bytes_removed += bytes;
     }
   }
   return rep;

@@ -92,6 +92,10 @@ public:
   // Reads a whole blob (manifests, configs) and verifies its digest.
   util::Result<std::string> read_blob(const oci::Digest& d) const;
   util::Result<util::UniqueFd> open_blob(const oci::Digest& d) const;
+  // Removes the stored blob D when its content does not hash to D, so that writing
+  // the right content again repairs it (a blob that exists is otherwise kept as is).
+  // True when one was removed.
+  bool remove_if_corrupt(const oci::Digest& d) const;
 
   util::Result<std::vector<TaggedImage>> list() const;
   // NAME[:TAG], NAME@sha256:..., or a unique prefix (>= 7 hex) of a manifest digest.

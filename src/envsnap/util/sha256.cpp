@@ -45,10 +45,11 @@ std::string sha256_hex(std::string_view data) {
   return h.hex();
 }
 
-Result<std::string> sha256_file(int fd, std::string_view path) {
+Result<std::string> sha256_file(int fd, std::string_view path, const std::atomic<bool>* stop) {
   Sha256 h;
   std::vector<char> buf(1 << 20);
   while (true) {
+    if (stop && stop->load(std::memory_order_relaxed)) return Error{fmt::format("{}: hashing stopped", path)};
     auto n = ::read(fd, buf.data(), buf.size());
     if (n < 0) {
       if (errno == EINTR) continue;

@@ -1,6 +1,7 @@
 #pragma once
 // SHA-256 through OpenSSL's EVP interface (SHA-NI where the CPU has it).
 
+#include <atomic>
 #include <cstddef>
 #include <memory>
 #include <string>
@@ -28,7 +29,9 @@ private:
 };
 
 std::string sha256_hex(std::string_view data);
-// Hashes a host file by streaming it; the error names the path.
-Result<std::string> sha256_file(int fd, std::string_view path_for_messages);
+// Hashes a host file by streaming it; the error names the path. When STOP becomes
+// true the hashing gives up early with an error.
+Result<std::string> sha256_file(int fd, std::string_view path_for_messages,
+                                const std::atomic<bool>* stop = nullptr);
 
 }  // namespace envsnap::util
