@@ -5,6 +5,11 @@ tool a user would pick instead, all in the same run; results go to BENCHMARKS.md
 Not run by CI. Usage (as root, after building; needs tar, gzip, igzip, umoci, skopeo):
     bench/bench_pack.py [--bin build/envsnap] [--work DIR] [--no-write] [--only torch|cuda]
 
+Nothing is deleted while timing: every output is removed at the end. This machine's ext4
+has no journal, and such an ext4 skips, one by one, every inode freed in the last 30 s
+when it allocates one, so unpacking right after deleting a tree of 27,000 files measured
+the file system more than the tools (restore and umoci unpack both took twice as long).
+
 Measures (wall time, page cache warm: every input is read once before timing):
   * capture + pack of the PyTorch root and of /usr/local/cuda, against
     `tar -c | gzip -6`, `tar -c | igzip -1 -T2` and `umoci insert` (into a fresh image);
@@ -27,6 +32,9 @@ from bench_lock import SOURCE_DIR, cpu_model, fixture_root  # noqa: E402
 
 BEGIN = "<!-- bench_pack:begin -->"
 END = "<!-- bench_pack:end -->"
+
+
+TRASH = []  # outputs removed at the end, not between measurements
 
 
 def timed(cmd, shell=False, cwd="/"):
@@ -62,45 +70,36 @@ def bench_pack(binary, name, root, work, rows):
     t_umoci = timed(["umoci", "insert", "--image", f"{umoci_dir}:t", root, "/"])
     rows.append((f"capture + pack, {name} ({size / 2**30:.2f} GiB)", t_envsnap,
                  [("tar | gzip -6", t_gzip), ("tar | igzip -1 -T2", t_igzip), ("umoci insert", t_umoci)]))
-    for p in (f"{name}.tar.gz", f"{name}.tar.igz"):
-        (work / p).unlink()
-    shutil.rmtree(umoci_dir)
+    TRASH.extend([work / f"{name}.tar.gz", work / f"{name}.tar.igz", umoci_dir])
     return store, t_envsnap
 
 
 def bench_recapture(binary, root, work, first, rows):
     copy = work / "torch-copy"
-    shutil.rmtree(copy, ignore_errors=True)
     subprocess.run(["cp", "-a", root, copy], check=True)
     store = work / "store-recapture"
-    shutil.rmtree(store, ignore_errors=True)
     t_first = timed([binary, "capture", copy, "-t", "bench/re:v1", "--store", store, "--quiet"])
     pkg = copy / "usr/lib/python3/dist-packages/numpy-1.24.2.egg-info/PKG-INFO"
     pkg.write_text(pkg.read_text().replace("Version: 1.24.2", "Version: 1.24.3", 1))
     t_again = timed([binary, "capture", copy, "-t", "bench/re:v2", "--store", store, "--quiet"])
     rows.append(("re-capture after one distribution changed (PyTorch root)", t_again,
                  [("first capture of the same tree", t_first)]))
-    shutil.rmtree(copy)
-    shutil.rmtree(store)
+    TRASH.extend([copy, store])
 
 
 def bench_export_restore(binary, store, work, rows):
     out = work / "export.tar"
     t_export = timed([binary, "export", "bench/torch:v1", "-o", out, "--store", store])
-    out.unlink()
     skopeo_out = work / "skopeo.tar"
     t_skopeo = timed(["skopeo", "--insecure-policy", "copy", f"oci:{store}:bench/torch:v1",
                       f"docker-archive:{skopeo_out}:bench/torch:v1"])
-    skopeo_out.unlink()
+    TRASH.extend([out, skopeo_out])
     rows.append(("export (PyTorch root image)", t_export, [("skopeo copy to docker-archive", t_skopeo)]))
     target = work / "restored"
-    shutil.rmtree(target, ignore_errors=True)
     t_restore = timed([binary, "restore", "bench/torch:v1", target, "--store", store])
-    shutil.rmtree(target)
     bundle = work / "umoci-bundle"
-    shutil.rmtree(bundle, ignore_errors=True)
     t_umoci = timed(["umoci", "unpack", "--image", f"{store}:bench/torch:v1", bundle])
-    shutil.rmtree(bundle)
+    TRASH.extend([target, bundle])
     rows.append(("restore (PyTorch root image)", t_restore, [("umoci unpack", t_umoci)]))
 
 
@@ -112,6 +111,11 @@ def main():
     ap.add_argument("--only", choices=["torch", "cuda"])
     args = ap.parse_args()
     work = Path(args.work)
+    if work.exists() and any(work.iterdir()):
+        # Leftovers of an interrupted run: remove them, then let their inodes age (see above).
+        shutil.rmtree(work)
+        print("removed the leftovers of an earlier run; waiting 35 s for their inodes to age")
+        time.sleep(35)
     work.mkdir(parents=True, exist_ok=True)
     binary = os.path.abspath(args.bin)
     rows = []
@@ -124,7 +128,7 @@ def main():
     if args.only in (None, "cuda"):
         cuda = os.path.realpath("/usr/local/cuda")
         store, _ = bench_pack(binary, "cuda", cuda, work, rows)
-        shutil.rmtree(store)
+        TRASH.append(store)
 
     lines = ["| measure | envsnap | baseline | baseline time | envsnap vs baseline |", "|---|---:|---|---:|---:|"]
     for name, t, baselines in rows:
@@ -134,7 +138,12 @@ def main():
     table = "\n".join(lines)
     print(table)
     if torch_store:
-        shutil.rmtree(torch_store)
+        TRASH.append(torch_store)
+    for p in TRASH:
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
     if args.no_write:
         return
     section = (f"{BEGIN}\n## Pack, re-capture, export, restore (bench/bench_pack.py)\n\n"
