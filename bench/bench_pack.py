@@ -9,6 +9,8 @@ Nothing is deleted while timing: every output is removed at the end. This machin
 has no journal, and such an ext4 skips, one by one, every inode freed in the last 30 s
 when it allocates one, so unpacking right after deleting a tree of 27,000 files measured
 the file system more than the tools (restore and umoci unpack both took twice as long).
+Likewise every measurement starts after a sync (not timed): the gigabytes the one before
+wrote would otherwise be written back during it, and slow it down.
 
 Measures (wall time, page cache warm: every input is read once before timing):
   * capture + pack of the PyTorch root and of /usr/local/cuda, against
@@ -38,6 +40,8 @@ TRASH = []  # outputs removed at the end, not between measurements
 
 
 def timed(cmd, shell=False, cwd="/"):
+    # Each tool starts with no dirty pages of the one before it to write back.
+    os.sync()
     start = time.perf_counter()
     proc = subprocess.run(cmd, shell=shell, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, cwd=cwd)
