@@ -14,6 +14,11 @@
 #include <zstd.h>
 
 #include <cerrno>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
 #include <cstring>
 #include <memory>
 #include <set>
@@ -273,8 +278,100 @@ private:
   uint64_t m_blob_bytes = 0, m_tar_bytes = 0;
 };
 
+// A Decoder run on its own thread, a few chunks ahead of libarchive: reading,
+// inflating and both hashes then take a core of their own while the entries are
+// written. Same interface as Decoder; the hashes and the error are read once next()
+// has returned 0 or -1 (the thread has finished by then).
+class ThreadedDecoder {
+public:
+  ThreadedDecoder(int fd, std::function<void(uint64_t)> progress) : m_decoder(fd, std::move(progress)) {
+    m_thread = std::thread([this] { produce(); });
+  }
+  ~ThreadedDecoder() {
+    {
+      std::lock_guard lock(m_mutex);
+      m_stop = true;
+    }
+    m_cv.notify_all();
+    if (m_thread.joinable()) m_thread.join();
+  }
+
+  ssize_t next(const void** out) {
+    std::unique_lock lock(m_mutex);
+    if (m_current) {  // libarchive is done with the chunk it was given last
+      m_free.push_back(std::move(*m_current));
+      m_current.reset();
+      m_cv.notify_all();
+    }
+    m_cv.wait(lock, [&] { return !m_ready.empty() || m_end; });
+    if (m_ready.empty()) {
+      lock.unlock();
+      if (m_thread.joinable()) m_thread.join();
+      return m_end_result;
+    }
+    m_current = std::move(m_ready.front());
+    m_ready.pop_front();
+    *out = m_current->data();
+    return static_cast<ssize_t>(m_current->size());
+  }
+  bool drain() {
+    const void* p = nullptr;
+    ssize_t n;
+    while ((n = next(&p)) > 0) {
+    }
+    return n == 0;
+  }
+  bool failed() const {
+    std::lock_guard lock(m_mutex);
+    return m_end && m_end_result < 0;
+  }
+  bool corrupt() const { return failed() && m_decoder.corrupt(); }
+  const std::string& error() const { return m_decoder.error(); }
+  std::string tar_hex() { return m_decoder.tar_hex(); }
+  std::string blob_hex() { return m_decoder.blob_hex(); }
+
+private:
+  static constexpr size_t kAhead = 8;  // chunks decoded ahead of the writer
+
+  void produce() {
+    for (;;) {
+      const void* p = nullptr;
+      ssize_t n = m_decoder.next(&p);
+      std::unique_lock lock(m_mutex);
+      if (n <= 0) {
+        m_end = true;
+        m_end_result = n;
+        m_cv.notify_all();
+        return;
+      }
+      m_cv.wait(lock, [&] { return m_stop || m_ready.size() < kAhead; });
+      if (m_stop) return;
+      std::vector<unsigned char> chunk;
+      if (!m_free.empty()) {
+        chunk = std::move(m_free.back());
+        m_free.pop_back();
+      }
+      lock.unlock();
+      chunk.assign(static_cast<const unsigned char*>(p), static_cast<const unsigned char*>(p) + n);
+      lock.lock();
+      m_ready.push_back(std::move(chunk));
+      m_cv.notify_all();
+    }
+  }
+
+  Decoder m_decoder;
+  mutable std::mutex m_mutex;
+  std::condition_variable m_cv;
+  std::deque<std::vector<unsigned char>> m_ready;  // guarded by m_mutex
+  std::vector<std::vector<unsigned char>> m_free;  // guarded by m_mutex
+  std::optional<std::vector<unsigned char>> m_current;
+  bool m_end = false, m_stop = false;  // guarded by m_mutex
+  ssize_t m_end_result = 0;
+  std::thread m_thread;
+};
+
 la_ssize_t read_callback(struct archive* a, void* client, const void** buf) {
-  auto* dec = static_cast<Decoder*>(client);
+  auto* dec = static_cast<ThreadedDecoder*>(client);
   ssize_t n = dec->next(buf);
   if (n < 0) archive_set_error(a, EIO, "%s", dec->error().c_str());
   return n;
@@ -675,7 +772,7 @@ Result<void> unpack_layer_checked(int fd, const fs::path& target, const UnpackOp
   UniqueFd root(::open(target.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!root) return failure(FailureKind::other, fmt::format("cannot open {}: {}", target.string(), errno_text(errno)));
 
-  Decoder decoder(fd, checks.progress);
+  ThreadedDecoder decoder(fd, checks.progress);
   std::unique_ptr<struct archive, ArchiveDeleter> a(archive_read_new());
   archive_read_support_format_tar(a.get());
   archive_read_support_format_empty(a.get());
