@@ -157,6 +157,8 @@ Result<oci::Descriptor> restore_image(const store::Store& store, std::string_vie
     checks.label = fmt::format("layer {}/{} (blob {})", i + 1, layers.size(), layers[i].digest.str());
     checks.blob_digest = &layers[i].digest;
     checks.diff_id = &diff_ids[i];
+    // Called on the decoding thread; this thread touches done and last_print only
+    // between layers, when that thread has ended.
     if (options.progress) checks.progress = [&, i](uint64_t bytes) { print_progress(done + bytes, i, false); };
     FailureKind k = FailureKind::other;
     auto r = unpack_layer_checked(fd->get(), tmp, options.unpack, checks, &k);

@@ -12,6 +12,7 @@
 #include <future>
 #include <mutex>
 #include <sstream>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -82,15 +83,28 @@ bool hash_matches(const store::Store& store, const oci::Descriptor& blob, const 
   return actual && *actual == blob.digest.hex();
 }
 
-void remember_layer(store::Store& store, const std::string& key, const LayerResult& r) {
-  auto dir = store.cache_dir("layers");
-  Json j = {{"blob", r.blob.to_json()}, {"diff_id", r.diff_id.str()}, {"tar_size", r.tar_size}};
-  auto tmp = dir / (key + ".json.tmp");
+// Replaces a small record file whole; concurrent writers each use their own temporary
+// name. A record that cannot be written only costs a cache miss later.
+void write_record(const fs::path& path, const std::string& text) {
+  auto tmp = path;
+  tmp += fmt::format(".tmp-{}-{}", ::getpid(), std::hash<std::thread::id>{}(std::this_thread::get_id()));
   {
     std::ofstream out(tmp);
-    out << j.dump();
+    out << text;
+    if (!out) {
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      return;
+    }
   }
-  fs::rename(tmp, dir / (key + ".json"));
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) fs::remove(tmp, ec);
+}
+
+void remember_layer(store::Store& store, const std::string& key, const LayerResult& r) {
+  Json j = {{"blob", r.blob.to_json()}, {"diff_id", r.diff_id.str()}, {"tar_size", r.tar_size}};
+  write_record(store.cache_dir("layers") / (key + ".json"), j.dump());
 }
 
 // A prefetched verdict answers only for the same digest and the same size.
@@ -169,44 +183,49 @@ void BlobVerifier::prefetch(const std::string& root_key) {
   if (!hold) return;
   m_hold = std::move(*hold);
   std::sort(blobs.begin(), blobs.end(), [](const auto& a, const auto& b) { return a.size > b.size; });
-  std::vector<std::pair<oci::Descriptor, std::promise<bool>>> work;
+  std::vector<std::shared_ptr<Entry>> work;
   {
     std::lock_guard lock(m_mutex);
     for (auto& b : blobs) {
       if (m_pending.count(pending_key(b))) continue;
-      work.emplace_back(b, std::promise<bool>());
-      m_pending.emplace(pending_key(b), work.back().second.get_future().share());
+      auto entry = std::make_shared<Entry>();
+      entry->blob = b;
+      m_pending.emplace(pending_key(b), entry);
+      work.push_back(std::move(entry));
     }
   }
-  m_thread = std::thread([this, work = std::move(work)]() mutable {
-    for (auto& [blob, verdict] : work) verdict.set_value(!m_stop && hash_matches(m_store, blob, &m_stop));
+  m_thread = std::thread([this, work = std::move(work)] {
+    for (const auto& entry : work) {
+      if (entry->claimed.exchange(true)) continue;  // a caller of intact() took it
+      entry->verdict.set_value(!m_stop && hash(entry->blob, &m_stop));
+    }
   });
 }
 
+bool BlobVerifier::hash(const oci::Descriptor& blob, const std::atomic<bool>* stop) const {
+  return hash_matches(m_store, blob, stop);
+}
+
 bool BlobVerifier::intact(const oci::Descriptor& blob) {
-  std::shared_future<bool> pending;
+  std::shared_ptr<Entry> entry;
   {
     std::lock_guard lock(m_mutex);
-    if (auto it = m_pending.find(pending_key(blob)); it != m_pending.end()) pending = it->second;
+    if (auto it = m_pending.find(pending_key(blob)); it != m_pending.end()) entry = it->second;
   }
-  if (pending.valid()) return pending.get();
-  return hash_matches(m_store, blob, nullptr);
+  if (!entry) return hash(blob, nullptr);
+  if (!entry->claimed.exchange(true)) {
+    bool ok = hash(blob, nullptr);
+    entry->verdict.set_value(ok);
+    return ok;
+  }
+  return entry->result.get();
 }
 
 void BlobVerifier::remember(const std::string& root_key, const std::vector<oci::Descriptor>& blobs) {
   if (root_key.empty()) return;
   Json list = Json::array();
   for (const auto& b : blobs) list.push_back(b.to_json());
-  auto path = captures_file(m_store, root_key);
-  auto tmp = path;
-  tmp += ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << Json{{"blobs", std::move(list)}}.dump();
-    if (!out) return;
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
+  write_record(captures_file(m_store, root_key), Json{{"blobs", std::move(list)}}.dump());
 }
 
 Json make_config(const lock::LockDocument& doc, const std::vector<LayerReport>& layers, const SnapshotOptions& options,

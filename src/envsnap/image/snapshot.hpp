@@ -41,16 +41,26 @@ public:
   // ROOT_KEY into this store used. Holds the store's shared lock from now on, so gc
   // cannot take a blob between its check and the tag.
   void prefetch(const std::string& root_key);
-  // True when the blob is in the store with its size and digest. Thread-safe.
+  // True when the blob is in the store with its size and digest. Thread-safe. A blob
+  // the prefetch thread is hashing is waited for; one it has not reached yet is
+  // hashed here, on the caller's thread.
   bool intact(const oci::Descriptor& blob);
   // Records the blobs of a finished capture of ROOT_KEY for the next prefetch.
   void remember(const std::string& root_key, const std::vector<oci::Descriptor>& blobs);
 
 private:
+  struct Entry {
+    oci::Descriptor blob;
+    std::atomic<bool> claimed{false};  // whoever sets it hashes the blob and sets the verdict
+    std::promise<bool> verdict;
+    std::shared_future<bool> result = verdict.get_future().share();
+  };
+  bool hash(const oci::Descriptor& blob, const std::atomic<bool>* stop) const;
+
   store::Store m_store;
   std::optional<store::StoreLock> m_hold;
   std::mutex m_mutex;
-  std::map<std::string, std::shared_future<bool>> m_pending;  // digest -> verdict of the prefetch
+  std::map<std::string, std::shared_ptr<Entry>> m_pending;  // digest/size -> prefetch entry
   std::atomic<bool> m_stop{false};
   std::thread m_thread;
 };

@@ -307,6 +307,7 @@ public:
     if (m_ready.empty()) {
       lock.unlock();
       if (m_thread.joinable()) m_thread.join();
+      if (m_end_result < 0) m_handed_failure = true;
       return m_end_result;
     }
     m_current = std::move(m_ready.front());
@@ -321,12 +322,11 @@ public:
     }
     return n == 0;
   }
-  bool failed() const {
-    std::lock_guard lock(m_mutex);
-    return m_end && m_end_result < 0;
-  }
-  bool corrupt() const { return failed() && m_decoder.corrupt(); }
-  const std::string& error() const { return m_decoder.error(); }
+  // Whether libarchive was handed a decoding failure: only then is a failure the
+  // decoder's, however far ahead its thread has got. Read on the consumer's thread.
+  bool failed() const { return m_handed_failure; }
+  bool corrupt() const { return m_handed_failure && m_thread_error.empty() && m_decoder.corrupt(); }
+  const std::string& error() const { return m_thread_error.empty() ? m_decoder.error() : m_thread_error; }
   std::string tar_hex() { return m_decoder.tar_hex(); }
   std::string blob_hex() { return m_decoder.blob_hex(); }
 
@@ -334,6 +334,18 @@ private:
   static constexpr size_t kAhead = 8;  // chunks decoded ahead of the writer
 
   void produce() {
+    try {
+      produce_chunks();
+    } catch (const std::exception& e) {  // out of memory, or a progress callback that threw
+      std::lock_guard lock(m_mutex);
+      m_thread_error = fmt::format("decoding stopped: {}", e.what());
+      m_end = true;
+      m_end_result = -1;
+      m_cv.notify_all();
+    }
+  }
+
+  void produce_chunks() {
     for (;;) {
       const void* p = nullptr;
       ssize_t n = m_decoder.next(&p);
@@ -366,7 +378,9 @@ private:
   std::vector<std::vector<unsigned char>> m_free;  // guarded by m_mutex
   std::optional<std::vector<unsigned char>> m_current;
   bool m_end = false, m_stop = false;  // guarded by m_mutex
-  ssize_t m_end_result = 0;
+  ssize_t m_end_result = 0;            // guarded by m_mutex
+  std::string m_thread_error;          // guarded by m_mutex; read after the thread ended
+  bool m_handed_failure = false;       // consumer's thread only
   std::thread m_thread;
 };
 

@@ -420,8 +420,23 @@ bool Store::remove_if_corrupt(const oci::Digest& d) const {
   auto fd = open_blob(d);
   if (!fd) return false;
   auto actual = util::sha256_file(fd->get(), blob_path(d).string());
-  if (actual && *actual == d.hex()) return false;
-  return ::unlink(blob_path(d).c_str()) == 0;
+  if (!actual || *actual == d.hex()) return false;  // intact, or unreadable: not proven corrupt
+  struct stat hashed{};
+  if (::fstat(fd->get(), &hashed) != 0) return false;
+  // Another writer may have replaced the corrupt file with a good one meanwhile: move
+  // the path aside, and delete only the very file that was hashed.
+  fs::path tmp_dir = m_path / ".envsnap" / "tmp";
+  if (auto r = make_dirs(tmp_dir); !r) return false;
+  fs::path aside = tmp_dir / fmt::format("corrupt-{}-{}", d.hex(), ::getpid());
+  if (::rename(blob_path(d).c_str(), aside.c_str()) != 0) return false;
+  struct stat moved{};
+  if (::lstat(aside.c_str(), &moved) == 0 && moved.st_dev == hashed.st_dev && moved.st_ino == hashed.st_ino) {
+    ::unlink(aside.c_str());
+    return true;
+  }
+  // Not the file we hashed: put it back unless a blob is at the path again.
+  if (::renameat2(AT_FDCWD, aside.c_str(), AT_FDCWD, blob_path(d).c_str(), RENAME_NOREPLACE) != 0) ::unlink(aside.c_str());
+  return false;
 }
 
 util::Result<StoreLock> Store::lock_exclusive() const {
@@ -777,25 +792,40 @@ util::Result<GcReport> Store::gc() {
     }
   }
 
-  // Capture's records (.envsnap/layers/<key>.json: a layer's blob and diff_id;
-  // .envsnap/captures/<root>.json: the blobs a root's last capture used) go once
-  // none of the digests they name is in use.
+  // Capture's records go once the blobs they name are gone: .envsnap/layers/<key>.json
+  // (the blob a layer was packed into) and .envsnap/captures/<root>.json (the blobs of
+  // a root's last capture). No writer is running (gc.lock is exclusive), so temporary
+  // record files are leftovers.
   for (const char* records : {"layers", "captures"}) {
     ec.clear();
+    std::vector<fs::path> doomed;
     for (auto it = fs::directory_iterator(m_path / ".envsnap" / records, ec); !ec && it != fs::directory_iterator();
          it.increment(ec)) {
+      std::error_code ec2;
+      if (!it->is_regular_file(ec2)) continue;
       std::string name = it->path().filename().string();
-      if (!name.ends_with(".json") || !it->is_regular_file()) continue;
-      std::ifstream in(it->path());
-      std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-      bool in_use = false;
-      for (size_t at = text.find("sha256:"); at != std::string::npos && !in_use; at = text.find("sha256:", at + 7)) {
-        std::string hex = text.substr(at + 7, 64);
-        in_use = is_hex64(hex) && (marked.blobs.count(hex) || marked.diff_ids.count(hex));
+      if (name.find(".json.tmp") != std::string::npos) {
+        doomed.push_back(it->path());
+        continue;
       }
-      if (in_use) continue;
-      uint64_t bytes = text.size();
-      if (::unlink(it->path().c_str()) == 0) rep.cache_bytes_removed += bytes;
+      if (!name.ends_with(".json")) continue;
+      std::ifstream in(it->path());
+      auto j = nlohmann::json::parse(in, nullptr, false);
+      std::vector<std::string> digests;
+      if (j.is_object() && j.contains("blob") && j["blob"].is_object())
+        digests.push_back(j["blob"].value("digest", ""));
+      if (j.is_object() && j.contains("blobs") && j["blobs"].is_array())
+        for (const auto& b : j["blobs"])
+          if (b.is_object()) digests.push_back(b.value("digest", ""));
+      bool in_use = false;
+      for (const auto& digest : digests)
+        if (digest.starts_with("sha256:") && marked.blobs.count(digest.substr(7))) in_use = true;
+      if (!in_use) doomed.push_back(it->path());
+    }
+    for (const auto& p : doomed) {
+      struct stat st{};
+      if (::lstat(p.c_str(), &st) == 0 && ::unlink(p.c_str()) == 0)
+        rep.cache_bytes_removed += static_cast<uint64_t>(st.st_size);
     }
   }
   return rep;
