@@ -163,6 +163,30 @@ TEST(StoreStore, CorruptBlobIsNamed) {
   EXPECT_EQ(check->problems[0], fmt::format("{}: corrupt: content hashes to sha256:{}", p.string(), actual));
 }
 
+TEST(StoreStore, RemoveIfCorruptTakesOnlyABlobThatFailsItsDigest) {
+  TempDir t;
+  auto s = make_store(t.path() / "s");
+  auto good = *s.put_blob("hello", "text/plain");
+  EXPECT_FALSE(s.remove_if_corrupt(good.digest));
+  EXPECT_EQ(slurp(s.blob_path(good.digest)), "hello");
+  auto missing = oci::Digest::from_hex(util::sha256_hex("never stored"));
+  EXPECT_FALSE(s.remove_if_corrupt(missing));
+
+  auto bad = *s.put_blob("world", "text/plain");
+  spit(s.blob_path(bad.digest), "w0rld");
+  EXPECT_TRUE(s.remove_if_corrupt(bad.digest));
+  EXPECT_FALSE(fs::exists(s.blob_path(bad.digest)));
+  // Nothing is left aside, and the right bytes can be stored again under the name.
+  auto again = s.put_blob("world", "text/plain");
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(slurp(s.blob_path(bad.digest)), "world");
+  auto check = s.check();
+  ASSERT_TRUE(check.ok());
+  EXPECT_TRUE(check->problems.empty());
+  for (auto& e : fs::directory_iterator(t.path() / "s" / ".envsnap" / "tmp"))
+    ADD_FAILURE() << "left in tmp: " << e.path();
+}
+
 TEST(StoreStore, CheckFindsMissingAndTruncatedReferencedBlobs) {
   TempDir t;
   auto s = make_store(t.path() / "s");
