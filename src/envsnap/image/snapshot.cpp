@@ -8,11 +8,8 @@
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
-#include <fstream>
 #include <future>
 #include <mutex>
-#include <sstream>
-#include <thread>
 
 #include <fmt/format.h>
 
@@ -58,11 +55,9 @@ std::string layer_key(const PlannedLayer& layer, const LayerOptions& options) {
 
 // A layer cache entry as remembered; nothing in it is trusted until verified.
 std::optional<LayerResult> cache_entry(store::Store& store, const std::string& key) {
-  std::ifstream in(store.cache_dir("layers") / (key + ".json"));
-  if (!in) return std::nullopt;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  auto j = Json::parse(ss.str(), nullptr, false);
+  auto text = store.read_record("layers", key + ".json");
+  if (!text) return std::nullopt;
+  auto j = Json::parse(*text, nullptr, false);
   if (j.is_discarded() || !j.contains("blob") || !j.contains("diff_id")) return std::nullopt;
   auto blob = oci::Descriptor::from_json(j["blob"], "layer cache");
   auto diff_id = oci::Digest::parse(j.value("diff_id", ""));
@@ -83,36 +78,14 @@ bool hash_matches(const store::Store& store, const oci::Descriptor& blob, const 
   return actual && *actual == blob.digest.hex();
 }
 
-// Replaces a small record file whole; concurrent writers each use their own temporary
-// name. A record that cannot be written only costs a cache miss later.
-void write_record(const fs::path& path, const std::string& text) {
-  auto tmp = path;
-  tmp += fmt::format(".tmp-{}-{}", ::getpid(), std::hash<std::thread::id>{}(std::this_thread::get_id()));
-  {
-    std::ofstream out(tmp);
-    out << text;
-    if (!out) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      return;
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) fs::remove(tmp, ec);
-}
-
 void remember_layer(store::Store& store, const std::string& key, const LayerResult& r) {
+  // A record that cannot be written only costs a cache miss later.
   Json j = {{"blob", r.blob.to_json()}, {"diff_id", r.diff_id.str()}, {"tar_size", r.tar_size}};
-  write_record(store.cache_dir("layers") / (key + ".json"), j.dump());
+  (void)store.write_record("layers", key + ".json", j.dump());
 }
 
 // A prefetched verdict answers only for the same digest and the same size.
 std::string pending_key(const oci::Descriptor& d) { return fmt::format("{}/{}", d.digest.str(), d.size); }
-
-fs::path captures_file(const store::Store& store, const std::string& root_key) {
-  return store.cache_dir("captures") / (root_key + ".json");
-}
 
 class ProgressBar {
 public:
@@ -169,11 +142,9 @@ std::string BlobVerifier::root_key(const util::RootFs& root) {
 
 void BlobVerifier::prefetch(const std::string& root_key) {
   if (root_key.empty() || m_thread.joinable()) return;
-  std::ifstream in(captures_file(m_store, root_key));
-  if (!in) return;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  auto j = Json::parse(ss.str(), nullptr, false);
+  auto text = m_store.read_record("captures", root_key + ".json");
+  if (!text) return;
+  auto j = Json::parse(*text, nullptr, false);
   if (!j.is_object() || !j["blobs"].is_array()) return;
   std::vector<oci::Descriptor> blobs;
   for (const auto& b : j["blobs"])
@@ -197,13 +168,9 @@ void BlobVerifier::prefetch(const std::string& root_key) {
   m_thread = std::thread([this, work = std::move(work)] {
     for (const auto& entry : work) {
       if (entry->claimed.exchange(true)) continue;  // a caller of intact() took it
-      entry->verdict.set_value(!m_stop && hash(entry->blob, &m_stop));
+      entry->verdict.set_value(!m_stop && hash_matches(m_store, entry->blob, &m_stop));
     }
   });
-}
-
-bool BlobVerifier::hash(const oci::Descriptor& blob, const std::atomic<bool>* stop) const {
-  return hash_matches(m_store, blob, stop);
 }
 
 bool BlobVerifier::intact(const oci::Descriptor& blob) {
@@ -212,9 +179,9 @@ bool BlobVerifier::intact(const oci::Descriptor& blob) {
     std::lock_guard lock(m_mutex);
     if (auto it = m_pending.find(pending_key(blob)); it != m_pending.end()) entry = it->second;
   }
-  if (!entry) return hash(blob, nullptr);
+  if (!entry) return hash_matches(m_store, blob, nullptr);
   if (!entry->claimed.exchange(true)) {
-    bool ok = hash(blob, nullptr);
+    bool ok = hash_matches(m_store, blob, nullptr);
     entry->verdict.set_value(ok);
     return ok;
   }
@@ -225,7 +192,7 @@ void BlobVerifier::remember(const std::string& root_key, const std::vector<oci::
   if (root_key.empty()) return;
   Json list = Json::array();
   for (const auto& b : blobs) list.push_back(b.to_json());
-  write_record(captures_file(m_store, root_key), Json{{"blobs", std::move(list)}}.dump());
+  (void)m_store.write_record("captures", root_key + ".json", Json{{"blobs", std::move(list)}}.dump());
 }
 
 Json make_config(const lock::LockDocument& doc, const std::vector<LayerReport>& layers, const SnapshotOptions& options,

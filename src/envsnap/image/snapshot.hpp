@@ -55,7 +55,6 @@ private:
     std::promise<bool> verdict;
     std::shared_future<bool> result = verdict.get_future().share();
   };
-  bool hash(const oci::Descriptor& blob, const std::atomic<bool>* stop) const;
 
   store::Store m_store;
   std::optional<store::StoreLock> m_hold;

@@ -187,15 +187,6 @@ public:
     }
   }
 
-  // Reads what libarchive left (padding after the end-of-archive blocks) so the digests cover everything.
-  bool drain() {
-    const void* p = nullptr;
-    ssize_t n;
-    while ((n = next(&p)) > 0) {
-    }
-    return n == 0;
-  }
-
   bool failed() const { return m_failed; }
   bool corrupt() const { return m_corrupt; }
   const std::string& error() const { return m_error; }
@@ -315,6 +306,7 @@ public:
     *out = m_current->data();
     return static_cast<ssize_t>(m_current->size());
   }
+  // Reads what libarchive left (padding after the end-of-archive blocks) so the digests cover everything.
   bool drain() {
     const void* p = nullptr;
     ssize_t n;

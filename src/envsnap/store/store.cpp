@@ -351,6 +351,14 @@ fs::path Store::cache_dir(std::string_view name) const {
   return p;
 }
 
+util::Result<std::string> Store::read_record(std::string_view kind, std::string_view name) const {
+  return read_whole(m_path / ".envsnap" / std::string(kind) / std::string(name));
+}
+
+util::Result<void> Store::write_record(std::string_view kind, std::string_view name, std::string_view bytes) const {
+  return write_file_atomic(m_path / ".envsnap" / "tmp", cache_dir(kind) / std::string(name), bytes);
+}
+
 bool Store::has_blob(const oci::Digest& d) const {
   struct stat st;
   return ::stat(blob_path(d).c_str(), &st) == 0 && S_ISREG(st.st_mode);
@@ -809,8 +817,8 @@ util::Result<GcReport> Store::gc() {
         continue;
       }
       if (!name.ends_with(".json")) continue;
-      std::ifstream in(it->path());
-      auto j = nlohmann::json::parse(in, nullptr, false);
+      auto text = read_whole(it->path());
+      auto j = nlohmann::json::parse(text ? *text : std::string(), nullptr, false);
       std::vector<std::string> digests;
       if (j.is_object() && j.contains("blob") && j["blob"].is_object())
         digests.push_back(j["blob"].value("digest", ""));

@@ -84,6 +84,10 @@ public:
   const std::filesystem::path& path() const { return m_path; }
   // <store>/.envsnap/<name>, created on demand: caches of later issues live there.
   std::filesystem::path cache_dir(std::string_view name) const;
+  // Small records of envsnap's caches, <store>/.envsnap/<kind>/<name>: read whole, or
+  // replaced whole (temporary file in .envsnap/tmp, fsync, rename).
+  util::Result<std::string> read_record(std::string_view kind, std::string_view name) const;
+  util::Result<void> write_record(std::string_view kind, std::string_view name, std::string_view bytes) const;
 
   bool has_blob(const oci::Digest& d) const;
   std::filesystem::path blob_path(const oci::Digest& d) const;
